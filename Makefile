@@ -1,0 +1,23 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The demo: SNASNet search (100 candidates) -> train the best cell -> evaluate, on the bundled data.
+DEMO_ARGS ?= --exp_name demo --num_search 100 --seed 1234
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
+	touch $@
+
+demo: install
+	rm -rf runs/demo
+	$(BIN)/spikesearch snasnet $(DEMO_ARGS)
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache build *.egg-info src/*.egg-info

@@ -1,0 +1,127 @@
+"""``spikesearch`` command line: a thin layer over the Python API."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from .errors import SpikeSearchError
+from .datasets import DATASETS
+from .models import SpikingCNN
+from .neurons import NEURONS
+from .pipeline import make_loaders, train_and_report
+from .run import Run
+from .snasnet import command as snasnet_command
+from .surrogate import SURROGATES
+from .trainer import TrainConfig, pick_device, seed_everything
+
+
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
+    return v
+
+
+def nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs_dir", default="runs", help="parent folder of run folders")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
+
+
+def cmd_train(a: argparse.Namespace) -> dict:
+    device = pick_device(a.device)
+    seed_everything(a.seed)
+    run = Run(a.name, a.runs_dir)
+    run.save_json("config.json", {k: v for k, v in vars(a).items() if k != "func"})
+    train, test, info = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset)
+    model = SpikingCNN(info.channels, info.num_classes, info.size, a.widths, a.timestep, a.neuron,
+                       surrogate=a.surrogate, **({"tau": a.tau} if a.neuron == "lif" else {"init_tau": a.tau} if a.neuron == "plif" else {}))
+    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
+                      weight_decay=a.weight_decay, scheduler=a.scheduler, seed=a.seed, progress=not a.quiet)
+    return train_and_report(model.to(device), train, test, cfg, run, a.timestep,
+                            f"SpikingCNN {list(a.widths)} ({a.neuron}) on {a.dataset}", resume=a.resume)
+
+
+def cmd_datasets(a: argparse.Namespace) -> None:
+    for name in DATASETS:
+        info = DATASETS.get(name)
+        print(f"{name:<14} {info.num_classes:>4} classes  {info.channels}x{info.size}x{info.size}  {info.layout}")
+    print("\nneurons:", ", ".join(NEURONS.names()), "  surrogates:", ", ".join(SURROGATES.names()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spikesearch", description="Find, train and convert spiking neural networks.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a small spiking CNN", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--name", default="train")
+    t.add_argument("--dataset", default="fmnist-small")
+    t.add_argument("--data_dir", default=None)
+    t.add_argument("--epochs", type=positive_int, default=3)
+    t.add_argument("--batch_size", type=positive_int, default=64)
+    t.add_argument("--optimizer", default="adam", choices=["sgd", "adam"])
+    t.add_argument("--lr", type=nonneg_float, default=1e-3)
+    t.add_argument("--weight_decay", type=nonneg_float, default=0.0)
+    t.add_argument("--scheduler", default="cosine", choices=["cosine", "multistep", "step", "none"])
+    t.add_argument("--timestep", type=positive_int, default=4)
+    t.add_argument("--neuron", default="lif", choices=NEURONS.names())
+    t.add_argument("--tau", type=float, default=2.0)
+    t.add_argument("--surrogate", default="atan")
+    t.add_argument("--widths", type=positive_int, nargs="+", default=[32, 64])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--train_subset", type=positive_int, default=None)
+    t.add_argument("--test_subset", type=positive_int, default=None)
+    add_common(t)
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("snasnet", help="SNASNet search / train / evaluate (official flags)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    snasnet_command.add_arguments(s, positive_int, nonneg_float)
+    add_common(s)
+    s.set_defaults(func=snasnet_command.run_snasnet)
+
+    d = sub.add_parser("datasets", help="list datasets, their expected layouts, neurons and surrogates")
+    d.set_defaults(func=cmd_datasets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    try:
+        result = args.func(args)
+    except SpikeSearchError as e:
+        print(f"spikesearch: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spikesearch: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    if isinstance(result, dict) and hasattr(args, "runs_dir"):
+        name = getattr(args, "name", None) or getattr(args, "exp_name")
+        acc = result.get("test_acc")
+        if acc is not None:
+            print(f"test accuracy: {100 * acc:.2f}%")
+        print(f"run folder: {args.runs_dir}/{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

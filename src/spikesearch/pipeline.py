@@ -1,0 +1,46 @@
+"""Shared steps of every command: data and loaders, train-evaluate-report into the run folder."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .datasets import DatasetInfo, load_dataset
+from .loader import Augment, BatchLoader
+from .metrics import spike_report
+from .plots import plot_spike_report, plot_training
+from .run import Run
+from .trainer import Trainer, TrainConfig, evaluate
+
+
+def make_loaders(dataset: str, data_dir: str | None, batch_size: int, device: torch.device, seed: int,
+                 train_subset: int | None = None, test_subset: int | None = None, eval_batch_size: int = 256
+                 ) -> tuple[BatchLoader, BatchLoader, DatasetInfo]:
+    train, test, info = load_dataset(dataset, data_dir)
+    aug = Augment.for_dataset(info)
+    return (BatchLoader(train.subset(train_subset), batch_size, aug, True, device, seed),
+            BatchLoader(test.subset(test_subset), eval_batch_size, aug, False, device, seed), info)
+
+
+def report(model: nn.Module, test: BatchLoader, run: Run, timesteps: int, title: str) -> dict:
+    """Evaluate, count spikes/SOPs/energy, write ``spikes.json`` and ``spikes.png``."""
+    loss, acc = evaluate(model, test)
+    spikes = spike_report(model, test, timesteps)
+    run.save_json("spikes.json", spikes)
+    plot_spike_report(spikes, run.file("spikes.png"), title)
+    run.log(f"test accuracy {100 * acc:.2f}% (loss {loss:.4f}); {spikes['spikes_per_image']:.4g} spikes/image, "
+            f"firing rate {100 * spikes['mean_firing_rate']:.2f}%, {spikes['sops_per_image']:.4g} SOPs + "
+            f"{spikes['macs_per_image']:.4g} MACs = {spikes['energy_uj_per_image']:.4g} µJ/image "
+            f"(same net as ANN: {spikes['ann_equivalent_energy_uj_per_image']:.4g} µJ)")
+    return {"test_acc": acc, "test_loss": loss, "spikes": {k: v for k, v in spikes.items() if k != "layers"}}
+
+
+def train_and_report(model: nn.Module, train: BatchLoader, test: BatchLoader, cfg: TrainConfig, run: Run,
+                     timesteps: int, title: str, resume: bool = False) -> dict:
+    n_params = sum(p.numel() for p in model.parameters())
+    run.log(f"training {title}: {n_params:,} parameters, {len(train.data)} train / {len(test.data)} test images, "
+            f"{cfg.epochs} epochs on {train.device}")
+    summary = Trainer(model, train, test, cfg, run).fit(resume=resume)
+    plot_training(summary["history"], run.file("training.png"), title)
+    result = {"parameters": n_params, "best_test_acc": summary["best_test_acc"], **report(model, test, run, timesteps, title)}
+    run.save_json("results.json", result)
+    return result

@@ -1,0 +1,64 @@
+"""PNG figures for the run folder (matplotlib, Agg backend: no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def plot_training(history: Sequence[dict], path: Path, title: str = "") -> Path:
+    epochs = [h["epoch"] for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    tl = [(h["epoch"], h["test_loss"]) for h in history if h.get("test_loss") is not None]
+    if tl:
+        a1.plot(*zip(*tl), "s-", label="test")
+    a1.set(xlabel="epoch", ylabel="loss", title="loss")
+    a1.legend()
+    a2.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
+    ta = [(h["epoch"], 100 * h["test_acc"]) for h in history if h.get("test_acc") is not None]
+    if ta:
+        a2.plot(*zip(*ta), "s-", label="test")
+        best = max(ta, key=lambda p: p[1])
+        a2.annotate(f"best {best[1]:.2f}%", best, textcoords="offset points", xytext=(-10, -18))
+    a2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    a2.legend()
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_spike_report(report: dict, path: Path, title: str = "") -> Path:
+    neurons = [l for l in report["layers"] if l["kind"] == "neuron"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, max(3.5, 0.32 * len(neurons) + 1.5)),
+                                 gridspec_kw={"width_ratios": [3, 1.4]})
+    names = [l["layer"] for l in neurons][::-1]
+    rates = [100 * l["firing_rate"] for l in neurons][::-1]
+    bars = a1.barh(names, rates, color="tab:orange")
+    a1.bar_label(bars, fmt="%.1f%%", fontsize=7, padding=2)
+    a1.set(xlabel="firing rate (% of neuron updates that spike)",
+           title=f"per-layer firing rate, mean {100 * report['mean_firing_rate']:.2f}%")
+    a1.tick_params(axis="y", labelsize=7)
+    snn, ann = report["energy_uj_per_image"], report["ann_equivalent_energy_uj_per_image"]
+    b = a2.bar(["SNN", "ANN\n(same net)"], [snn, ann], color=["tab:orange", "tab:gray"])
+    a2.bar_label(b, fmt="%.3g µJ")
+    a2.set(ylabel="energy per image (µJ)",
+           title=f"{report['spikes_per_image']:.3g} spikes/img\n{report['sops_per_image']:.3g} SOPs + "
+                 f"{report['macs_per_image']:.3g} MACs")
+    a2.title.set_fontsize(9)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

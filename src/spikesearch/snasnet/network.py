@@ -1,0 +1,195 @@
+"""The SNASNet cell and macro network, simulated step by step (backward edges need the previous step).
+
+Op codes on edges: 0 none (no module, no compute), 1 skip, 2 LIF->conv1x1->BN, 3 LIF->conv3x3->BN,
+4 avgpool3x3. The official code gives every conv edge its own LIF; all edges leaving one node receive
+the same input, so those LIFs always hold the same state and emit the same spikes. Here each node has
+one LIF shared by its conv edges (same outputs, same gradients, less work), carrying
+``score_weight`` = the number of edge LIFs it stands for so the search score weights it as the
+official hooks do.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import SpikeSearchError
+from ..models import repeat_input
+from ..neurons import LIF, BaseNode, Stateful, TimeSharedDropout
+from ..registry import Registry
+from .space import NUM_NODES, check_matrix, format_cnt_mat
+
+NeuronFactory = Callable[[], BaseNode]
+
+# op code -> (factory(C) -> module, whether the op consumes spikes of its source node)
+EDGE_OPS: Registry[tuple[Callable[[int], nn.Module], bool]] = Registry("edge op")
+EDGE_OPS.add("1", (lambda c: nn.Identity(), False))
+EDGE_OPS.add("2", (lambda c: nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c)), True))
+EDGE_OPS.add("3", (lambda c: nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)), True))
+EDGE_OPS.add("4", (lambda c: nn.AvgPool2d(3, stride=1, padding=1), False))
+
+
+class SNASCell(nn.Module, Stateful):
+    """One timestep per call. Node k's effective value is its forward sum plus the feedback that
+    backward edges j->k computed from node j at the previous timestep (node 3 gets no feedback)."""
+
+    def __init__(self, channels: int, mat: np.ndarray, neuron: NeuronFactory) -> None:
+        super().__init__()
+        self.mat = np.array(mat)
+        self.edges = nn.ModuleDict()
+        self.spiking = {}
+        for i in range(NUM_NODES):
+            for j in range(NUM_NODES):
+                code = int(self.mat[i, j])
+                if i != j and code:
+                    factory, spiking = EDGE_OPS.get(str(code))
+                    self.edges[f"{i}{j}"] = factory(channels)
+                    self.spiking[f"{i}{j}"] = spiking
+        self.lifs = nn.ModuleDict()
+        for i in range(NUM_NODES):
+            n = sum(self.spiking[k] for k in self.edges if k[0] == str(i))
+            if n:
+                lif = neuron()
+                lif.score_weight = n
+                self.lifs[str(i)] = lif
+        self.feedback: list[Tensor | float] = [0.0] * (NUM_NODES - 1)
+
+    def reset_state(self) -> None:
+        self.feedback = [0.0] * (NUM_NODES - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z: list[Tensor] = []
+        spikes: dict[int, Tensor] = {}
+
+        def source(i: int, key: str) -> Tensor:
+            if not self.spiking[key]:
+                return z[i]
+            if i not in spikes:  # each node's LIF advances exactly once per timestep
+                spikes[i] = self.lifs[str(i)](z[i])
+            return spikes[i]
+
+        for j in range(NUM_NODES):
+            if j == 0:
+                xj = x
+            else:
+                ins = [self.edges[f"{i}{j}"](source(i, f"{i}{j}")) for i in range(j) if f"{i}{j}" in self.edges]
+                xj = torch.stack(ins).sum(0) if len(ins) > 1 else ins[0] if ins else torch.zeros_like(x)
+            z.append(xj + self.feedback[j] if j < NUM_NODES - 1 else xj)
+        new_fb: list[Tensor | float] = [0.0] * (NUM_NODES - 1)
+        for k in range(NUM_NODES - 1):
+            for j in range(k + 1, NUM_NODES):
+                key = f"{j}{k}"
+                if key in self.edges:
+                    new_fb[k] = new_fb[k] + self.edges[key](source(j, key))
+        self.feedback = new_fb
+        return z[-1]
+
+
+@dataclass(frozen=True)
+class MacroConfig:
+    """Per-dataset widths of the macro network (official ``model_snn.SNASNet``; spec/snasnet.md 1.4)."""
+
+    in_channels: int
+    num_classes: int
+    image_size: int
+    c1: int  # cell1 channels (128 * channel_ratio)
+    c2: int  # cell2 channels (256 * channel_ratio)
+    stem_stride: int
+    hidden: int  # classifier hidden width H
+    out_neurons: int  # M output neurons, averaged in groups of vote = M / classes
+    second_avgpooling: int = 2
+    dropout: float = 0.5
+
+    @property
+    def vote(self) -> int:
+        return self.out_neurons // self.num_classes
+
+    @property
+    def feature_size(self) -> int:
+        return self.image_size // self.stem_stride // 2 // self.second_avgpooling
+
+
+PRESETS: dict[str, MacroConfig] = {
+    "cifar10": MacroConfig(3, 10, 32, 256, 512, 1, 1024, 100),
+    "cifar100": MacroConfig(3, 100, 32, 128, 256, 1, 1024, 500),
+    "tinyimagenet": MacroConfig(3, 200, 64, 128, 256, 2, 4096, 1000),
+    # The bundled 28x28 grayscale data: same structure, widths cut so 2 CPU cores train it in minutes.
+    "fmnist-small": MacroConfig(1, 10, 28, 16, 32, 1, 256, 100),
+    "fashion-mnist": MacroConfig(1, 10, 28, 32, 64, 1, 512, 100),
+}
+
+
+def macro_config(dataset: str, **overrides) -> MacroConfig:
+    if dataset not in PRESETS:
+        raise SpikeSearchError(f"no SNASNet preset for dataset {dataset!r}; presets: {', '.join(PRESETS)}")
+    cfg = replace(PRESETS[dataset], **{k: v for k, v in overrides.items() if v is not None})
+    if cfg.second_avgpooling <= 0 or cfg.feature_size <= 0:
+        raise SpikeSearchError(f"second_avgpooling {cfg.second_avgpooling} leaves no feature map for {cfg.image_size}px input")
+    if cfg.out_neurons % cfg.num_classes:
+        raise SpikeSearchError(f"output neurons {cfg.out_neurons} must be a multiple of {cfg.num_classes} classes")
+    return cfg
+
+
+class SNASNet(nn.Module):
+    """stem (conv+BN, no LIF, computed once: direct encoding) -> cell1 -> downconv + pool -> cell2 ->
+    BN-LIF + avgpool(second_avgpooling) -> dropout-FC-LIF-FC -> vote -> mean over T."""
+
+    def __init__(self, mat: np.ndarray, celltype: str = "backward", macro: MacroConfig = PRESETS["fmnist-small"],
+                 timesteps: int = 5, tau: float = 4 / 3, threshold: float = 1.0, surrogate: str = "atan:2") -> None:
+        super().__init__()
+        if timesteps <= 0:
+            raise SpikeSearchError(f"timesteps must be positive, got {timesteps}")
+        self.mat = check_matrix(np.asarray(mat), celltype)
+        self.celltype, self.macro, self.timesteps = celltype, macro, timesteps
+
+        def neuron() -> BaseNode:
+            return LIF(tau=tau, v_threshold=threshold, v_reset=0.0, surrogate=surrogate, detach_reset=True)
+
+        m = macro
+        self.stem = nn.Sequential(nn.Conv2d(m.in_channels, m.c1, 3, stride=m.stem_stride, padding=1, bias=False),
+                                  nn.BatchNorm2d(m.c1))
+        self.cell1 = SNASCell(m.c1, self.mat, neuron)
+        self.downconv = nn.Sequential(nn.BatchNorm2d(m.c1), neuron(), nn.Conv2d(m.c1, m.c2, 3, padding=1, bias=False),
+                                      nn.BatchNorm2d(m.c2), nn.AvgPool2d(2, 2))
+        self.cell2 = SNASCell(m.c2, self.mat, neuron)
+        self.last_act = nn.Sequential(nn.BatchNorm2d(m.c2), neuron(), nn.AvgPool2d(m.second_avgpooling, m.second_avgpooling))
+        self.classifier = nn.Sequential(nn.Flatten(), TimeSharedDropout(m.dropout),
+                                        nn.Linear(m.c2 * m.feature_size ** 2, m.hidden, bias=False), neuron(),
+                                        nn.Linear(m.hidden, m.out_neurons))
+        self.vote = nn.AvgPool1d(m.vote, m.vote)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for mod in self.modules():
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_uniform_(mod.weight, a=2)
+            elif isinstance(mod, nn.BatchNorm2d):
+                nn.init.ones_(mod.weight)
+                nn.init.zeros_(mod.bias)
+            elif isinstance(mod, nn.Linear):
+                nn.init.normal_(mod.weight, 0, 0.01)
+                if mod.bias is not None:
+                    nn.init.zeros_(mod.bias)
+
+    @property
+    def cnt_mat(self) -> str:
+        return format_cnt_mat(self.mat)
+
+    def step(self, h: Tensor) -> Tensor:
+        h = self.cell1(h)
+        h = self.cell2(self.downconv(h))
+        h = self.classifier(self.last_act(h))
+        return self.vote(h.unsqueeze(1)).squeeze(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 5:  # event frames [T, B, C, H, W]: a stem pass per timestep
+            x = repeat_input(x, self.timesteps, self.macro.in_channels)
+            return torch.stack([self.step(self.stem(xt)) for xt in x]).mean(0)
+        x = repeat_input(x, 1, self.macro.in_channels)[0]
+        if x.shape[-1] != self.macro.image_size or x.shape[-2] != self.macro.image_size:
+            raise SpikeSearchError(f"SNASNet built for {self.macro.image_size}px images, got shape {tuple(x.shape)}")
+        h = self.stem(x)
+        return torch.stack([self.step(h) for _ in range(self.timesteps)]).mean(0)

@@ -1,0 +1,147 @@
+"""Search over the SNASNet space with the training-free score: random search (the paper) or
+regularized aging evolution (Real et al. 2019, beyond the paper). Each candidate is built with
+weights seeded from (seed, matrix), so a score does not depend on evaluation order; duplicates are
+scored once; every candidate is appended to a CSV that a resumed search replays instead of rescoring."""
+from __future__ import annotations
+
+import csv
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ..errors import SpikeSearchError
+from ..registry import Registry
+from .score import ScoreConfig, score_model
+from .space import format_cnt_mat, mutate_matrix, parse_cnt_mat, sample_matrix
+
+CSV_FIELDS = ["index", "cnt_mat", "score", "seconds", "duplicate"]
+
+
+@dataclass
+class SearchConfig:
+    num_search: int = 5000
+    celltype: str = "backward"
+    strategy: str = "random"
+    seed: int = 0
+    population: int = 50  # evolution
+    tournament: int = 10  # evolution
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+
+@dataclass
+class Candidate:
+    index: int
+    cnt_mat: str
+    score: float
+    seconds: float
+    duplicate: bool
+
+
+class Scorer:
+    """Scores matrices with a cache (duplicates and resumed rows cost nothing) and logs each to CSV."""
+
+    def __init__(self, build: Callable[[np.ndarray], nn.Module], batches: list[Tensor], cfg: SearchConfig,
+                 csv_path: Path | None, progress: bool = True) -> None:
+        self.build, self.batches, self.cfg, self.csv_path = build, batches, cfg, csv_path
+        self.cache: dict[str, float] = {}
+        self.replay: list[dict] = []
+        self.history: list[Candidate] = []
+        if csv_path is not None and csv_path.is_file():
+            with open(csv_path, newline="") as f:
+                self.replay = list(csv.DictReader(f))
+            for row in self.replay:
+                self.cache.setdefault(row["cnt_mat"], float(row["score"]))
+        self.bar = tqdm(total=cfg.num_search, desc="scoring", disable=not progress, dynamic_ncols=True)
+
+    def __call__(self, mat: np.ndarray) -> float:
+        key = format_cnt_mat(mat)
+        idx = len(self.history)
+        if idx < len(self.replay):
+            row = self.replay[idx]
+            if row["cnt_mat"] != key:
+                raise SpikeSearchError(f"{self.csv_path} was written by a different search (row {idx} is "
+                                       f"{row['cnt_mat']}, this search drew {key}); use a new --exp_name")
+            cand = Candidate(idx, key, float(row["score"]), float(row["seconds"]), row["duplicate"] == "True")
+        else:
+            t0 = time.perf_counter()
+            duplicate = key in self.cache
+            if not duplicate:
+                torch.manual_seed(zlib.crc32(f"{self.cfg.seed}:{key}".encode()))
+                self.cache[key] = score_model(self.build(mat), self.batches, self.cfg.score)
+            cand = Candidate(idx, key, self.cache[key], time.perf_counter() - t0, duplicate)
+            self._append(cand)
+        self.history.append(cand)
+        self.bar.update(1)
+        best = max(self.history, key=lambda c: c.score)
+        self.bar.set_postfix(best=f"{best.score:.2f}", unique=len(self.cache))
+        return cand.score
+
+    def _append(self, c: Candidate) -> None:
+        if self.csv_path is None:
+            return
+        new = not self.csv_path.is_file()
+        with open(self.csv_path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(CSV_FIELDS)
+            w.writerow([c.index, c.cnt_mat, repr(c.score), f"{c.seconds:.4f}", c.duplicate])
+
+
+# strategy(cfg, rng, score) draws cfg.num_search matrices and calls score(mat) on each
+STRATEGIES: Registry[Callable[..., None]] = Registry("search strategy")
+
+
+@STRATEGIES.register("random")
+def random_search(cfg: SearchConfig, rng: np.random.Generator, score: Callable[[np.ndarray], float]) -> None:
+    for _ in range(cfg.num_search):
+        score(sample_matrix(rng, cfg.celltype))
+
+
+@STRATEGIES.register("evolution")
+def regularized_evolution(cfg: SearchConfig, rng: np.random.Generator, score: Callable[[np.ndarray], float]) -> None:
+    population: deque[tuple[np.ndarray, float]] = deque()
+    for _ in range(cfg.num_search):
+        if len(population) < cfg.population:
+            mat = sample_matrix(rng, cfg.celltype)
+        else:
+            picks = rng.choice(len(population), size=min(cfg.tournament, len(population)), replace=False)
+            parent = max((population[i] for i in picks), key=lambda p: p[1])[0]
+            mat = mutate_matrix(parent, rng, cfg.celltype)
+        population.append((mat, score(mat)))
+        if len(population) > cfg.population:
+            population.popleft()  # aging: the oldest dies, not the worst
+
+
+def run_search(build: Callable[[np.ndarray], nn.Module], batches: list[Tensor], cfg: SearchConfig,
+               csv_path: Path | None = None, progress: bool = True) -> list[Candidate]:
+    """Score ``cfg.num_search`` candidates; returns them in evaluation order."""
+    if cfg.num_search <= 0:
+        raise SpikeSearchError(f"--num_search must be positive, got {cfg.num_search}")
+    strategy = STRATEGIES.get(cfg.strategy)
+    cfg.score.validate()
+    scorer = Scorer(build, batches, cfg, csv_path, progress)
+    try:
+        strategy(cfg, np.random.default_rng(cfg.seed), scorer)
+    finally:
+        scorer.bar.close()
+    return scorer.history
+
+
+def ranking(history: list[Candidate]) -> list[Candidate]:
+    """Unique candidates, best score first (ties broken by first appearance)."""
+    seen: dict[str, Candidate] = {}
+    for c in history:
+        seen.setdefault(c.cnt_mat, c)
+    return sorted(seen.values(), key=lambda c: (-c.score, c.index))
+
+
+def best_matrix(history: list[Candidate]) -> np.ndarray:
+    return parse_cnt_mat(ranking(history)[0].cnt_mat)

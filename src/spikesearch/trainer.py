@@ -1,0 +1,275 @@
+"""Training loop shared by every pillar: SGD/Adam, cosine/step schedules, AMP on CUDA, a resumable
+checkpoint every epoch (model, optimizer, scheduler, RNG and loader state), best and last kept,
+CSV + TensorBoard logs, progress bars, and a clean stop on a NaN loss."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .errors import SpikeSearchError
+from .loader import BatchLoader
+from .neurons import reset
+from .registry import Registry
+from .run import Run, atomic_write_bytes
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    weight_decay_epochs: int | None = None  # weight decay switched off after this many epochs (binary VGG recipe)
+    scheduler: str = "cosine"
+    eta_min_ratio: float = 0.01  # cosine floor as a fraction of lr (SNASNet: 0.1 -> 0.001)
+    milestones: list[int] = field(default_factory=list)  # multistep; empty = 50% and 75% of epochs
+    step_size: int = 30  # step schedule
+    gamma: float = 0.1
+    amp: bool = True  # used only on CUDA
+    seed: int = 0
+    eval_interval: int = 1
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "eval_interval"):
+            if getattr(self, name) <= 0:
+                raise SpikeSearchError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise SpikeSearchError(f"learning rate must be positive, got {self.lr}")
+        OPTIMIZERS.get(self.optimizer)
+        SCHEDULERS.get(self.scheduler)
+
+
+OPTIMIZERS: Registry[Callable] = Registry("optimizer")
+# Keyword arguments throughout: the official SNASNet code passed weight decay positionally into
+# SGD's `dampening` slot, so it trained with no weight decay at all.
+OPTIMIZERS.add("sgd", lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay))
+OPTIMIZERS.add("adam", lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay))
+
+SCHEDULERS: Registry[Callable] = Registry("scheduler")
+SCHEDULERS.add("cosine", lambda o, c: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=c.epochs, eta_min=c.lr * c.eta_min_ratio))
+SCHEDULERS.add("multistep", lambda o, c: torch.optim.lr_scheduler.MultiStepLR(
+    o, milestones=c.milestones or [int(0.5 * c.epochs), int(0.75 * c.epochs)], gamma=c.gamma))
+SCHEDULERS.add("step", lambda o, c: torch.optim.lr_scheduler.StepLR(o, step_size=c.step_size, gamma=c.gamma))
+SCHEDULERS.add("none", lambda o, c: torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SpikeSearchError(f"device {name!r} requested but no CUDA GPU is visible")
+    return torch.device(name)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only, no code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpikeSearchError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise SpikeSearchError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
+
+
+def load_model_weights(model: nn.Module, state: dict, source: str) -> None:
+    """Load a state dict, naming every mismatched layer instead of torch's long traceback."""
+    state = state.get("model", state)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shape:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch (file vs model)", shape)):
+            if items:
+                parts.append(f"{label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}")
+        raise SpikeSearchError(f"{source} does not match this architecture; " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = False) -> tuple[float, float]:
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for x, y in loader:
+        reset(model)
+        with torch.autocast(loader.device.type, enabled=amp and loader.device.type == "cuda"):
+            out = model(x)
+        loss_sum += float(nn.functional.cross_entropy(out.float(), y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+        n += len(y)
+    reset(model)
+    return loss_sum / n, correct / n
+
+
+class Trainer:
+    CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+
+    def __init__(self, model: nn.Module, train: BatchLoader, test: BatchLoader | None, cfg: TrainConfig, run: Run) -> None:
+        cfg.validate()
+        self.model, self.train_loader, self.test_loader, self.cfg, self.run = model, train, test, cfg, run
+        self.device = train.device
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.optimizer = OPTIMIZERS.get(cfg.optimizer)(model.parameters(), cfg)
+        self.scheduler = SCHEDULERS.get(cfg.scheduler)(self.optimizer, cfg)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.history: list[dict] = []
+        self.best_acc = -1.0
+        self.start_epoch = 0
+        self.ckpt_dir = run.file("checkpoints")
+        self.ckpt_dir.mkdir(exist_ok=True)
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def state_dict(self, epoch: int) -> dict:
+        return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": _rng_state(), "loader": self.train_loader.state_dict(), "history": self.history,
+                "best_acc": self.best_acc, "config": asdict(self.cfg)}
+
+    def save(self, epoch: int, is_best: bool) -> None:
+        buf = io.BytesIO()
+        torch.save(self.state_dict(epoch), buf)
+        last = self.ckpt_dir / "last.pt"
+        atomic_write_bytes(last, buf.getvalue())
+        if is_best:
+            atomic_write_bytes(self.ckpt_dir / "best.pt", buf.getvalue())
+
+    def resume(self) -> bool:
+        path = self.ckpt_dir / "last.pt"
+        if not path.is_file():
+            return False
+        ck = load_checkpoint(path, map_location=self.device)
+        load_model_weights(self.model, ck, str(path))
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        _set_rng_state(ck["rng"])
+        self.train_loader.load_state_dict(ck["loader"])
+        self.history, self.best_acc, self.start_epoch = ck["history"], ck["best_acc"], ck["epoch"] + 1
+        self.run.log(f"resumed from {path} after epoch {ck['epoch'] + 1}")
+        return True
+
+    # --- loop --------------------------------------------------------------------------------------
+    def _apply_weight_decay_schedule(self, epoch: int) -> None:
+        if self.cfg.weight_decay_epochs is not None and epoch >= self.cfg.weight_decay_epochs:
+            for g in self.optimizer.param_groups:
+                g["weight_decay"] = 0.0
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        self.model.train()
+        loss_sum, correct, n = 0.0, 0, 0
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
+                   disable=not (self.cfg.progress and sys.stderr.isatty()), dynamic_ncols=True)
+        for i, (x, y) in enumerate(bar):
+            reset(self.model)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                out = self.model(x)
+                loss = nn.functional.cross_entropy(out.float(), y)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise SpikeSearchError(
+                    f"loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}; stopped. The last good "
+                    f"checkpoint is {self.ckpt_dir / 'last.pt'} (try a lower learning rate)")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            loss_sum += loss_value * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            n += len(y)
+            bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{100 * correct / n:.1f}%")
+        reset(self.model)
+        return loss_sum / n, correct / n
+
+    def fit(self, resume: bool = False) -> dict:
+        if resume:
+            self.resume()
+        writer = self._tensorboard()
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            self._apply_weight_decay_schedule(epoch)
+            t0 = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            train_loss, train_acc = self.train_epoch(epoch)
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                   "test_loss": None, "test_acc": None}
+            last = epoch + 1 == self.cfg.epochs
+            if self.test_loader is not None and ((epoch + 1) % self.cfg.eval_interval == 0 or last):
+                row["test_loss"], row["test_acc"] = evaluate(self.model, self.test_loader, self.amp)
+            self.scheduler.step()
+            row["seconds"] = time.perf_counter() - t0
+            self.history.append(row)
+            is_best = row["test_acc"] is not None and row["test_acc"] > self.best_acc
+            if is_best:
+                self.best_acc = row["test_acc"]
+            self.save(epoch, is_best)
+            self._write_csv()
+            if writer is not None:
+                for k in ("lr", "train_loss", "train_acc", "test_loss", "test_acc"):
+                    if row[k] is not None:
+                        writer.add_scalar(k, row[k], epoch + 1)
+                writer.flush()
+            test = f", test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}%" if row["test_acc"] is not None else ""
+            self.run.log(f"epoch {epoch + 1}/{self.cfg.epochs}: lr {lr:.4g}, train loss {train_loss:.4f} "
+                         f"acc {100 * train_acc:.2f}%{test} ({row['seconds']:.1f}s)")
+        if writer is not None:
+            writer.close()
+        final = self.history[-1] if self.history else {}
+        return {"epochs": self.cfg.epochs, "final_test_acc": final.get("test_acc"),
+                "best_test_acc": self.best_acc if self.best_acc >= 0 else None, "history": self.history}
+
+    def _write_csv(self) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.CSV_FIELDS)
+        w.writeheader()
+        w.writerows(self.history)
+        atomic_write_bytes(self.run.file("metrics.csv"), buf.getvalue().encode())
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.run.log("tensorboard not installed: TensorBoard logs skipped (CSV still written)")
+            return None
+        return SummaryWriter(str(self.run.file("tb")), purge_step=self.start_epoch + 1)
+

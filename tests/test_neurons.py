@@ -1,0 +1,106 @@
+import math
+
+import pytest
+import torch
+
+from spikesearch import IF, LIF, PLIF, SpikeSearchError, reset
+from spikesearch.neurons import TimeSharedDropout
+
+
+def run(neuron, xs):
+    return [float(neuron(torch.tensor([x]))) for x in xs], float(neuron.v)
+
+
+def test_lif_hard_reset_matches_equations():
+    tau, xs = 4 / 3, [0.9, 1.5, 0.2, 2.0]
+    v, spikes = 0.0, []
+    for x in xs:  # H = V + (X - V)/tau ; S = H >= 1 ; V = H(1-S)
+        h = v + (x - v) / tau
+        s = float(h >= 1.0)
+        spikes.append(s)
+        v = h * (1 - s)
+    got, v_end = run(LIF(tau=tau), xs)
+    assert got == spikes and v_end == pytest.approx(v)
+    assert spikes == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_lif_decay_input_false_and_nonzero_reset():
+    n = LIF(tau=2.0, decay_input=False, v_reset=-0.5, v_threshold=1.0)
+    n.reset_state()
+    v = -0.5
+    for x in [0.3, 1.2, 0.1]:
+        h = v - (v - (-0.5)) / 2.0 + x
+        s = float(h >= 1)
+        assert float(n(torch.tensor([x]))) == s
+        v = h * (1 - s) + (-0.5) * s
+        assert float(n.v) == pytest.approx(v)
+
+
+def test_if_soft_reset_keeps_residual_charge():
+    n = IF(v_reset=None, v_threshold=1.0)
+    assert float(n(torch.tensor([1.7]))) == 1.0
+    assert float(n.v) == pytest.approx(0.7)  # subtract, not zero
+    assert float(n(torch.tensor([0.2]))) == 0.0
+    assert float(n.v) == pytest.approx(0.9)
+
+
+def test_plif_learns_tau():
+    n = PLIF(init_tau=2.0)
+    assert n.learned_tau == pytest.approx(2.0)
+    x = torch.full((8,), 0.9)
+    out = sum(n(x).sum() for _ in range(3))
+    out.backward()
+    assert n.w.grad is not None and n.w.grad.abs() > 0
+
+
+def test_multi_step_equals_single_step_loop():
+    x = torch.randn(6, 4, 5) + 0.8
+    single, multi = LIF(tau=2.0), LIF(tau=2.0, step_mode="m")
+    ref = torch.stack([single(xt) for xt in x])
+    assert torch.equal(multi(x), ref)
+
+
+def test_detach_reset_changes_gradient_only():
+    x = torch.tensor([0.8, 1.6, 0.9, 1.4], requires_grad=True)
+    grads = []
+    for detach in (True, False):
+        n = LIF(tau=2.0, detach_reset=detach, step_mode="m")
+        y = n(x.view(4, 1))
+        (g,) = torch.autograd.grad(y.sum(), x)
+        grads.append((y.detach(), g))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert not torch.allclose(grads[0][1], grads[1][1])
+
+
+def test_reset_clears_every_state():
+    model = torch.nn.Sequential(LIF(), IF(), TimeSharedDropout(0.5))
+    model(torch.ones(3, 2))
+    assert isinstance(model[0].v, torch.Tensor) and model[2].mask is not None
+    reset(model)
+    assert model[0].v == 0.0 and model[1].v == 0.0 and model[2].mask is None
+
+
+def test_shape_change_without_reset_is_a_clear_error():
+    n = LIF()
+    n(torch.zeros(2, 3))
+    with pytest.raises(SpikeSearchError, match="reset"):
+        n(torch.zeros(4, 3))
+
+
+def test_bad_parameters():
+    with pytest.raises(SpikeSearchError):
+        LIF(tau=1.0)
+    with pytest.raises(SpikeSearchError):
+        LIF(step_mode="x")
+    with pytest.raises(SpikeSearchError, match="multi-step"):
+        LIF(step_mode="m")(torch.zeros(3))
+
+
+def test_time_shared_dropout_reuses_mask_until_reset():
+    d = TimeSharedDropout(0.5)
+    x = torch.ones(4, 100)
+    a, b = d(x), d(x)
+    assert torch.equal(a, b)
+    reset(d)
+    assert not torch.equal(d(x), a)
+    assert math.isclose(float(a.mean()), 1.0, abs_tol=0.25)

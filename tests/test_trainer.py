@@ -1,0 +1,124 @@
+import pytest
+import torch
+from torch import nn
+
+from spikesearch import IF, LIF, SpikeSearchError, SpikingCNN, TrainConfig, Trainer
+from spikesearch.metrics import SpikeCounter, is_spike_like
+from spikesearch.pipeline import make_loaders
+from spikesearch.run import Run
+from spikesearch.trainer import OPTIMIZERS, load_checkpoint, load_model_weights, seed_everything
+
+
+def loaders(n_train=512, n_test=256, batch=64):
+    return make_loaders("fmnist-small", None, batch, torch.device("cpu"), 0, n_train, n_test)
+
+
+def small_net():
+    return SpikingCNN(1, 10, 28, widths=(16, 32), timesteps=2, tau=2.0)
+
+
+def fit(tmp_path, name, epochs, resume=False, lr=2e-3, n_train=512):
+    seed_everything(0)
+    tr, te, _ = loaders(n_train)
+    model = small_net()
+    cfg = TrainConfig(epochs=epochs, optimizer="adam", lr=lr, weight_decay=0, progress=False)
+    result = Trainer(model, tr, te, cfg, Run(name, tmp_path, quiet=True)).fit(resume=resume)
+    return model, result
+
+
+def test_spiking_cnn_learns_bundled_data(tmp_path):
+    _, result = fit(tmp_path, "learn", 2, lr=5e-3, n_train=1000)
+    assert result["final_test_acc"] > 0.5  # chance is 0.10
+    run = tmp_path / "learn"
+    for f in ("log.txt", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / f).is_file(), f
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3
+    assert any((run / "tb").iterdir())
+
+
+def test_resume_is_bit_exact(tmp_path, monkeypatch):
+    full, r_full = fit(tmp_path, "full", 3)
+    original = Trainer.train_epoch
+
+    def crash_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt  # killed mid-epoch: epoch 1 is checkpointed, epoch 2 is not
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path, "split", 3)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    # a fresh process builds everything anew and has drawn other random numbers meanwhile
+    torch.manual_seed(999)
+    part, r_part = fit(tmp_path, "split", 3, resume=True)
+    for (k, a), b in zip(full.state_dict().items(), part.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert [h["train_loss"] for h in r_full["history"]] == [h["train_loss"] for h in r_part["history"]]
+
+
+def test_sgd_weight_decay_is_keyword_not_dampening():
+    opt = OPTIMIZERS.get("sgd")(nn.Linear(2, 2).parameters(), TrainConfig(lr=0.1, momentum=0.9, weight_decay=5e-4))
+    g = opt.param_groups[0]
+    assert g["weight_decay"] == 5e-4 and g["dampening"] == 0 and g["momentum"] == 0.9
+
+
+def test_checkpoint_for_other_architecture_names_layers(tmp_path):
+    torch.save({"model": small_net().state_dict()}, tmp_path / "a.pt")
+    other = SpikingCNN(1, 10, 28, widths=(16, 64), timesteps=2)
+    with pytest.raises(SpikeSearchError, match=r"shape mismatch.*features\.3"):
+        load_model_weights(other, load_checkpoint(tmp_path / "a.pt"), "a.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SpikeSearchError, match="cannot load"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_nan_loss_stops_cleanly_and_keeps_last_checkpoint(tmp_path):
+    fit(tmp_path, "nan", 1)
+    before = (tmp_path / "nan/checkpoints/last.pt").read_bytes()
+    tr, te, _ = loaders()
+    model = small_net()
+    with torch.no_grad():
+        model.classifier.module[1].weight.fill_(float("nan"))
+    trainer = Trainer(model, tr, te, TrainConfig(epochs=2, progress=False), Run("nan", tmp_path, quiet=True))
+    with pytest.raises(SpikeSearchError, match="loss became nan"):
+        trainer.fit()
+    assert (tmp_path / "nan/checkpoints/last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", -1), ("optimizer", "lbfgs"), ("scheduler", "poly")])
+def test_bad_train_config(field, value):
+    cfg = TrainConfig(**{field: value})
+    with pytest.raises(SpikeSearchError):
+        cfg.validate()
+
+
+def test_unwritable_run_folder(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SpikeSearchError, match="cannot write the run folder"):
+        Run("r", tmp_path / "file")
+
+
+def test_spike_counter_counts_sops_and_macs():
+    conv_in = nn.Linear(4, 3, bias=False)  # analog input -> MACs
+    lif = IF(v_threshold=0.5)
+    fc = nn.Linear(3, 2, bias=False)  # spike input -> SOPs
+    net = nn.Sequential(conv_in, lif, fc)
+    with torch.no_grad():
+        conv_in.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]))
+    x = torch.tensor([[0.7, 0.2, 0.1, 0.3], [0.9, 0.9, 0.0, 0.0]])
+    with SpikeCounter(net) as sc:
+        net(x)
+    r = sc.report(n_images=2, timesteps=1)
+    # spikes: sample 0 -> [1,0,0], sample 1 -> [1,1,0]: 3 spikes of 6 updates
+    assert r["spikes_per_image"] == 1.5 and r["mean_firing_rate"] == 0.5
+    assert r["macs_per_image"] == 12  # 3 outputs x 4 inputs
+    assert r["sops_per_image"] == pytest.approx(2 * 3 * 0.5)  # 2 outputs x 3 inputs x rate 0.5
+    assert r["energy_uj_per_image"] == pytest.approx((12 * 4.6 + 3 * 0.9) * 1e-6)
+
+
+def test_spike_like_detection():
+    assert is_spike_like(torch.tensor([0.0, 1.0, 1.0]))
+    assert is_spike_like(nn.functional.avg_pool2d(torch.randint(0, 2, (1, 1, 6, 6)).float(), 3))
+    assert not is_spike_like(torch.tensor([0.3, 0.71]))
+    assert not is_spike_like(torch.tensor([-1.0, 0.0]))
