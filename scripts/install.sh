@@ -13,8 +13,8 @@ if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
   "$PY" -m venv --system-site-packages "$VENV"
 else
   "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q "torch==2.13.0" \
-    || "$VENV/bin/python" -m pip install -q --index-url https://download.pytorch.org/whl/cpu torch
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0" numpy \
+    || "$VENV/bin/python" -m pip install -q --index-url https://download.pytorch.org/whl/cpu torch numpy
 fi
 pin=$(mktemp)
 trap 'rm -f "$pin"' EXIT
