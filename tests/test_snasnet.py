@@ -261,3 +261,33 @@ def test_cli_rejects_non_positive_numbers(argv, capsys):
         main(["snasnet", *argv])
     err = capsys.readouterr().err
     assert e.value.code == 2 and ("must be positive" in err or "is not an integer" in err)
+
+
+def _tiny_cifar100(root, n_train=8, n_test=4):
+    import pickle
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        d = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": list(range(n)),
+             "coarse_labels": [0] * n}
+        with open(root / split, "wb") as f:
+            pickle.dump(d, f, protocol=2)
+
+
+def test_official_command_forms_run_as_written(tmp_path, capsys):
+    """search_snn.py's two README commands, with spikesearch snasnet in front, on a synthetic CIFAR-100
+    (full-size network; search cut to 2 candidates on 4-image batches to stay fast)."""
+    _tiny_cifar100(tmp_path)
+    extra = ["--data_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs"), "--quiet"]
+    official_search = ["--exp_name", "cifar100_backward", "--dataset", "cifar100", "--celltype", "backward",
+                       "--batch_size", "32", "--num_search", "5000"]
+    assert main(["snasnet", *official_search, *extra, "--num_search", "2", "--score_batch", "4",
+                 "--score_repeats", "1", "--search_only"]) == 0
+    assert len((tmp_path / "runs/cifar100_backward/search.csv").read_text().splitlines()) == 3
+    torch.manual_seed(0)
+    ckpt = tmp_path / "save_cifar100_bw.pth.tar"
+    torch.save(SNASNet(parse_cnt_mat("0302 0030 3003 0000"), "backward", macro_config("cifar100")).state_dict(), ckpt)
+    official_eval = ["--dataset", "cifar100", "--cnt_mat", "0302", "0030", "3003", "0000", "--savemodel_pth",
+                     str(ckpt), "--celltype", "backward"]
+    assert main(["snasnet", *official_eval, *extra, "--exp_name", "eval"]) == 0
+    assert "test accuracy:" in capsys.readouterr().out

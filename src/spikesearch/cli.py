@@ -12,6 +12,7 @@ from .models import SpikingCNN
 from .neurons import NEURONS
 from .pipeline import make_loaders, train_and_report
 from .run import Run
+from .convert import command as convert_command
 from .snasnet import command as snasnet_command
 from .surrogate import SURROGATES
 from .trainer import TrainConfig, pick_device, seed_everything
@@ -97,9 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(s)
     s.set_defaults(func=snasnet_command.run_snasnet)
 
+    ta = sub.add_parser("train-ann", help="train a (binary-weight) VGG ANN for conversion",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    convert_command.add_train_ann_arguments(ta, positive_int, nonneg_float)
+    add_common(ta)
+    ta.set_defaults(func=convert_command.cmd_train_ann)
+
+    c = sub.add_parser("convert", help="convert a trained ANN to an SNN and simulate it (official flags)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    convert_command.add_convert_arguments(c, positive_int, nonneg_float)
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
+    c.set_defaults(func=convert_command.cmd_convert)
+
     d = sub.add_parser("datasets", help="list datasets, their expected layouts, neurons and surrogates")
     d.set_defaults(func=cmd_datasets)
     return p
+
+
+def run_folder(args: argparse.Namespace) -> str:
+    if getattr(args, "job_dir", None):
+        return args.job_dir
+    return f"{args.runs_dir}/{getattr(args, 'name', None) or args.exp_name}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,12 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spikesearch: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
-    if isinstance(result, dict) and hasattr(args, "runs_dir"):
-        name = getattr(args, "name", None) or getattr(args, "exp_name")
+    if isinstance(result, dict):
         acc = result.get("test_acc")
         if acc is not None:
             print(f"test accuracy: {100 * acc:.2f}%")
-        print(f"run folder: {args.runs_dir}/{name}")
+        print(f"run folder: {run_folder(args)}")
     return 0
 
 

@@ -291,6 +291,6 @@ def load_dataset(name: str, root: str | Path | None = None):
     info = dataset_info(name)
     root = Path(root) if root else (Path(info.default_root) if info.default_root else None)
     if root is not None and not root.exists():
-        raise _missing(info, root, "path does not exist")
+        raise _missing(info, None, f"{root} does not exist")
     train, test = info.reader(root, info)
     return train, test, info

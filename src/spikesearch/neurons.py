@@ -55,6 +55,7 @@ class BaseNode(nn.Module, Stateful):
         surrogate: "str | Surrogate | None" = "atan",
         detach_reset: bool = True,
         step_mode: str = "s",
+        v_init: float | None = None,
     ) -> None:
         super().__init__()
         self.v_threshold = float(v_threshold)
@@ -62,10 +63,12 @@ class BaseNode(nn.Module, Stateful):
         self.surrogate = make_surrogate(surrogate)
         self.detach_reset = detach_reset
         self.step_mode = _check_step_mode(step_mode)
-        self.v: Tensor | float = 0.0 if v_reset is None else float(v_reset)
+        # membrane at t=0: the reset value unless set (QCFS conversion starts at half threshold)
+        self.v_init = float(v_init) if v_init is not None else (0.0 if v_reset is None else float(v_reset))
+        self.v: Tensor | float = self.v_init
 
     def reset_state(self) -> None:
-        self.v = 0.0 if self.v_reset is None else self.v_reset
+        self.v = self.v_init
 
     def charge(self, x: Tensor, v: Tensor | float) -> Tensor:
         raise NotImplementedError

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -36,6 +37,7 @@ def plot_training(history: Sequence[dict], path: Path, title: str = "") -> Path:
     a2.legend()
     for a in (a1, a2):
         a.grid(alpha=0.3)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -61,4 +63,20 @@ def plot_spike_report(report: dict, path: Path, title: str = "") -> Path:
     a2.title.set_fontsize(9)
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_timestep(curves: dict[str, Sequence[float]], path: Path, ann: dict[str, float] | None = None,
+                              title: str = "") -> Path:
+    """SNN accuracy after each timestep (log-x), with the source ANNs' accuracy as dashed lines."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (name, acc), color in zip(curves.items(), colors * 4):
+        ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], color=color, lw=2, label=name)
+    for (name, acc), color in zip((ann or {}).items(), colors * 4):
+        ax.axhline(100 * acc, color=color, ls="--", lw=1.2, label=f"{name} ({100 * acc:.2f}%)")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="timestep T", ylabel="test accuracy (%)", title=title or "accuracy vs timesteps")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     return _save(fig, path)

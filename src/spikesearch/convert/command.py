@@ -1,0 +1,170 @@
+"""``spikesearch train-ann`` (VGG ANNs, the seed's recipes) and ``spikesearch convert`` (official flags)."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+
+import torch
+
+from ..errors import SpikeSearchError
+from ..loader import BatchLoader
+from ..pipeline import make_loaders, train_and_report
+from ..plots import plot_accuracy_vs_timestep, plot_spike_report
+from ..run import Run, atomic_write_bytes
+from ..trainer import TrainConfig, evaluate, load_checkpoint, load_model_weights, pick_device, seed_everything
+from .converter import ConvertConfig, convert, evaluate_snn
+from .vgg import ARCHS, VGG, VGGConfig
+
+# Lu & Sengupta's README recipes (CIFAR-100), and a short one for the bundled data.
+RECIPES = {
+    "fp": dict(optimizer="sgd", lr=5e-2, momentum=0.9, weight_decay=1e-4, scheduler="multistep",
+               milestones=[81, 122], gamma=0.1, epochs=200, batch_size=256),
+    "binary": dict(optimizer="adam", lr=5e-4, weight_decay=5e-4, weight_decay_epochs=30, scheduler="step",
+                   step_size=30, gamma=0.5, epochs=200, batch_size=256),
+    "short": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="cosine", epochs=8, batch_size=64),
+}
+
+
+def _split_run_dir(path: str) -> tuple[str, Path]:
+    p = Path(path)
+    return p.name, p.parent
+
+
+def cmd_train_ann(a: argparse.Namespace) -> dict:
+    device = pick_device(a.device)
+    seed_everything(a.seed)
+    name, root = _split_run_dir(a.job_dir)
+    run = Run(name, root)
+    recipe = a.recipe or ("short" if a.dataset == "fmnist-small" else "binary" if a.binary else "fp")
+    params = dict(RECIPES[recipe])
+    for key, flag in (("epochs", a.epochs), ("lr", a.lr), ("batch_size", a.batch_size)):
+        if flag is not None:
+            params[key] = flag
+    cfg = TrainConfig(seed=a.seed, progress=not a.quiet, **params)
+    run.save_json("config.json", {"recipe": recipe, **{k: v for k, v in vars(a).items() if k != "func"}})
+    train, test, info = make_loaders(a.dataset, a.data_dir, cfg.batch_size, device, a.seed, a.train_subset, a.test_subset)
+    vcfg = VGGConfig(arch=a.arch, num_classes=info.num_classes, in_channels=info.channels, image_size=info.size,
+                     width=a.width, batchnorm=a.batchnorm, binary=a.binary, activation=a.activation, levels=a.levels)
+    model = VGG(vcfg).to(device)
+    kind = f"{'binary' if a.binary else 'full-precision'} {a.arch}{' +BN' if a.batchnorm else ''} ({a.activation})"
+    result = train_and_report(model, train, test, cfg, run, 1, f"{kind} ANN on {a.dataset}", resume=a.resume)
+    best = load_checkpoint(run.file("checkpoints") / "best.pt", device)
+    buf = io.BytesIO()
+    torch.save({"model": best["model"], "meta": model.meta(), "test_acc": result["best_test_acc"]}, buf)
+    atomic_write_bytes(run.file("model.pt"), buf.getvalue())
+    run.log(f"model file: {run.file('model.pt')} (best epoch, test accuracy {100 * result['best_test_acc']:.2f}%)")
+    return result
+
+
+def load_vgg(path: str, a: argparse.Namespace, info) -> VGG:
+    """Rebuild the ANN from the model file's metadata, or from the flags for a bare state dict."""
+    ck = load_checkpoint(path)
+    meta = ck.get("meta") if isinstance(ck, dict) else None
+    if meta is None:
+        meta = dict(arch=a.arch, num_classes=info.num_classes, in_channels=info.channels, image_size=info.size,
+                    width=a.width, batchnorm=a.batchnorm, binary=a.binary, activation=a.activation, levels=a.levels)
+    elif meta["arch"] != a.arch:
+        raise SpikeSearchError(f"{path} holds a {meta['arch']} model, but --arch is {a.arch}")
+    model = VGG(VGGConfig(**meta))
+    state = ck.get("model", ck)
+    # checkpoints saved from DataParallel (as the official ones) carry 'module.' in their names
+    state = {k.replace("module.", ""): v for k, v in state.items()}
+    load_model_weights(model, state, path)
+    return model
+
+
+def cmd_convert(a: argparse.Namespace) -> dict:
+    device = pick_device("cuda" if a.gpu else "cpu")
+    seed_everything(a.seed)
+    name, root = _split_run_dir(a.job_dir)
+    run = Run(name, root)
+    run.save_json("config.json", {k: v for k, v in vars(a).items() if k != "func"})
+    train, test, info = make_loaders(a.dataset, a.data, a.batch_size, device, a.seed, None, a.eval_size,
+                                     eval_batch_size=a.batch_size)
+    ann = load_vgg(a.model, a, info).to(device).eval()
+    _, ann_acc = evaluate(ann, test)
+    # normalisation images: the first --norm training images, un-augmented (the official code used the
+    # train transforms with dropout active; both inflate the percentile)
+    norm = train.data.subset(a.norm)
+    batches = [x for x, _ in BatchLoader(norm, a.batch_size, train.augment, False, device)]
+    snn, lams = convert(ann, batches, ConvertConfig(a.percentile, a.channel_wise, a.v_init))
+    snn = snn.to(device)
+    mode = "one-step" if a.one_step else "synchronous (one step of delay per layer)"
+    run.log(f"converted {a.arch} ({'binary' if ann.cfg.binary else 'full precision'}, {ann.cfg.activation}): "
+            f"{len(snn.stages)} IF layers, thresholds from "
+            f"{'QCFS' if ann.cfg.activation == 'qcfs' else f'{a.percentile} percentile of {len(norm)} images'}; "
+            f"ANN test accuracy {100 * ann_acc:.2f}%; simulating T={a.time}, {mode}")
+    res = evaluate_snn(snn, test, a.time, a.one_step, progress=not a.quiet)
+    acc = res["accuracy"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["timestep", "snn_accuracy"])
+    w.writerows((t + 1, v) for t, v in enumerate(acc))
+    atomic_write_bytes(run.file("accuracy_per_timestep.csv"), buf.getvalue().encode())
+    plot_accuracy_vs_timestep({f"SNN ({mode.split(' ')[0]})": acc}, run.file("accuracy_vs_timestep.png"),
+                              {"ANN": ann_acc}, f"{a.arch} on {a.dataset}")
+    plot_spike_report(res["spikes"], run.file("spikes.png"), f"converted {a.arch}, T={a.time}")
+    run.save_json("spikes.json", res["spikes"])
+    near = next((t + 1 for t, v in enumerate(acc) if v >= ann_acc - 0.01), None)
+    result = {"ann_acc": ann_acc, "test_acc": acc[-1], "best_snn_acc": max(acc), "timesteps": a.time,
+              "timesteps_to_ann_minus_1pt": near, "images": res["images"],
+              "seconds_per_timestep": res["seconds_per_timestep"], "thresholds": [t.tolist() for t in lams],
+              "spikes": {k: v for k, v in res["spikes"].items() if k != "layers"}}
+    run.save_json("results.json", result)
+    if a.results_file:
+        Path(a.results_file).write_text(buf.getvalue())
+    run.log(f"SNN accuracy at T={a.time}: {100 * acc[-1]:.2f}% (ANN {100 * ann_acc:.2f}%); within 1 point of the "
+            f"ANN from T={near}; {1000 * res['seconds_per_timestep']:.1f} ms per timestep for {res['images']} images")
+    return result
+
+
+def add_model_flags(p: argparse.ArgumentParser, positive_int) -> None:
+    p.add_argument("--arch", default="vgg15ab", choices=sorted(ARCHS))
+    p.add_argument("--width", type=float, default=0.25, help="channel multiplier (1.0 = the paper's VGG)")
+    p.add_argument("--binary", action="store_true", help="binary weights (first and last layer full precision)")
+    p.add_argument("--batchnorm", action="store_true", help="BN after each conv, folded before conversion")
+    p.add_argument("--activation", default="relu", choices=["relu", "qcfs"], help="qcfs: low-latency conversion")
+    p.add_argument("--levels", type=positive_int, default=8, help="QCFS quantization levels L")
+
+
+def add_train_ann_arguments(p: argparse.ArgumentParser, positive_int, nonneg_float) -> None:
+    p.add_argument("--job-dir", "--job_dir", dest="job_dir", default="runs/ann", help="run folder")
+    p.add_argument("--dataset", default="fmnist-small")
+    p.add_argument("--data", "--data_dir", dest="data_dir", default=None)
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="default: short on fmnist-small, else binary with --binary, else fp")
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--lr", type=nonneg_float, default=None)
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train_subset", type=positive_int, default=None)
+    p.add_argument("--test_subset", type=positive_int, default=None)
+    add_model_flags(p, positive_int)
+
+
+def add_convert_arguments(p: argparse.ArgumentParser, positive_int, nonneg_float) -> None:
+    p.add_argument("--job-dir", "--job_dir", dest="job_dir", required=True, help="the run folder for results")
+    p.add_argument("--model", required=True, help="model file from train-ann, or a bare state dict")
+    p.add_argument("--results-file", "--results_file", dest="results_file", default=None,
+                   help="also write the accuracy-per-timestep CSV here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time", type=positive_int, default=80, help="timesteps to simulate")
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=100)
+    p.add_argument("--n-workers", "--n_workers", dest="n_workers", type=int, default=0,
+                   help="accepted for compatibility; in-memory data needs no workers")
+    p.add_argument("--norm", type=positive_int, default=3500, help="training images for threshold balancing")
+    p.add_argument("--gpu", action="store_true")
+    p.add_argument("--one-step", "--one_step", dest="one_step", action="store_true",
+                   help="propagate through all layers within a timestep")
+    p.add_argument("--data", default=None, help="dataset root")
+    p.add_argument("--percentile", type=nonneg_float, default=99.9)
+    p.add_argument("--eval_size", "--eval-size", dest="eval_size", type=positive_int, default=None,
+                   help="simulate only the first N test images")
+    p.add_argument("--dataset", default="fmnist-small")
+    p.add_argument("--channel-wise", "--channel_wise", dest="channel_wise", action="store_true",
+                   help="one threshold per channel instead of per layer")
+    p.add_argument("--v-init", "--v_init", dest="v_init", type=float, default=None,
+                   help="initial membrane as a fraction of threshold (default 0.5 for QCFS models, else 0)")
+    add_model_flags(p, positive_int)

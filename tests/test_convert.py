@@ -1,0 +1,177 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spikesearch import SpikeSearchError, TrainConfig, Trainer
+from spikesearch.cli import main
+from spikesearch.convert import QCFS, VGG, BinaryConv2d, ConvertConfig, VGGConfig, binarize, convert, evaluate_snn
+from spikesearch.convert.converter import percentile_thresholds, split_stages
+from spikesearch.loader import BatchLoader
+from spikesearch.pipeline import make_loaders
+from spikesearch.run import Run
+from spikesearch.trainer import evaluate, seed_everything
+
+
+def small_net(act=nn.ReLU, bn=False):
+    layers = [nn.Conv2d(1, 8, 3, padding=1, bias=False)] + ([nn.BatchNorm2d(8)] if bn else []) + [
+        nn.AvgPool2d(2), act(), nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.AvgPool2d(2), act(),
+        nn.Flatten(), nn.Dropout(0.1), nn.Linear(16 * 49, 64, bias=False), act(), nn.Linear(64, 10, bias=False)]
+    return nn.Sequential(*layers)
+
+
+@pytest.fixture(scope="module")
+def data():
+    seed_everything(0)
+    return make_loaders("fmnist-small", None, 64, torch.device("cpu"), 0, 1000, 300)
+
+
+def trained(data, net, tmp_path, epochs=2):
+    seed_everything(0)
+    tr, te, _ = data
+    Trainer(net, tr, te, TrainConfig(epochs=epochs, optimizer="adam", lr=3e-3, weight_decay=0, progress=False),
+            Run("ann", tmp_path, quiet=True)).fit()
+    return net.eval()
+
+
+def norm_batches(data, n=500):
+    tr = data[0]
+    return [x for x, _ in BatchLoader(tr.data.subset(n), 250, tr.augment, False)]
+
+
+def predictions(model, loader):
+    return torch.cat([model(x).argmax(1) for x, _ in loader])
+
+
+def test_converted_net_agrees_with_ann_at_large_t(data, tmp_path):
+    ann = trained(data, small_net(), tmp_path)
+    snn, lams = convert(ann, norm_batches(data), ConvertConfig(percentile=100.0))
+    te = data[1]
+    with torch.no_grad():
+        ann_pred = predictions(ann, te)
+        snn_pred = torch.cat([snn.simulate(x, 512, one_step=True)[-1].argmax(1) for x, _ in te])
+    agreement = float((ann_pred == snn_pred).float().mean())
+    assert agreement >= 0.99, agreement
+    assert len(lams) == 3
+
+
+def test_bn_folding_and_stages_reproduce_the_ann(data, tmp_path):
+    ann = trained(data, small_net(bn=True), tmp_path, epochs=1)
+    x = norm_batches(data, 64)[0]
+    with torch.no_grad():
+        h = x
+        for ops, act in split_stages(ann):
+            h = ops(h)
+            h = torch.relu(h) if act is not None else h
+        torch.testing.assert_close(h, ann(x), rtol=1e-4, atol=1e-4)
+
+
+def test_if_layers_reset_by_subtraction():
+    snn, _ = convert(small_net().eval(), [torch.randn(8, 1, 28, 28)])
+    neuron = snn.stages[0][-1]
+    assert neuron.v_reset is None and neuron.v_threshold == 1.0
+    neuron.reset_state()
+    out = [float(neuron(torch.tensor([0.45]))) for _ in range(3)]
+    assert out == [0.0, 0.0, 1.0] and float(neuron.v) == pytest.approx(0.35)  # residual 1.35 - 1 kept
+
+
+def test_synchronous_output_silent_for_the_depth():
+    torch.manual_seed(0)
+    ann = small_net().eval()
+    snn, _ = convert(ann, [torch.randn(16, 1, 28, 28) * 3])
+    x = torch.randn(4, 1, 28, 28) * 3
+    out = snn.simulate(x, 20, one_step=False)
+    # 3 IF layers + output layer, two of them behind a conv->pool pass-through: first current at t index 5
+    delay = len(snn.stages) + sum(snn.pool_delay)
+    assert delay == 5
+    assert torch.all(out[:delay] == 0) and torch.any(out[delay:] != 0)
+    assert torch.any(snn.simulate(x, delay, one_step=True) != 0)  # one-step: no propagation delay
+
+
+def test_every_binary_filter_has_two_values():
+    conv = BinaryConv2d(3, 5, 3)
+    wb = binarize(conv.weight.detach())
+    for f, w in zip(wb, conv.weight.detach()):
+        alpha = w.abs().mean()
+        assert sorted(set(f.flatten().tolist())) in ([-float(alpha), float(alpha)], [float(alpha)], [-float(alpha)])
+        torch.testing.assert_close(f.abs(), torch.full_like(f, float(alpha)))
+    vgg = VGG(VGGConfig(binary=True, width=0.125))
+    convs = [m for m in vgg.features if isinstance(m, nn.Conv2d)]
+    assert not isinstance(convs[0], BinaryConv2d) and all(isinstance(c, BinaryConv2d) for c in convs[1:])
+    assert type(vgg.classifier[-1]) is nn.Linear  # last layer full precision
+
+
+def test_binary_gradient_is_the_xnor_rule():
+    w = (torch.randn(4, 6) * 0.8).requires_grad_()
+    g = torch.randn(4, 6)
+    (binarize(w) * g).sum().backward()
+    n = w.shape[1]
+    alpha = w.detach().abs().mean(1, keepdim=True)
+    sign = torch.where(w.detach() >= 0, 1.0, -1.0)
+    expected = g * alpha * (w.detach().abs() <= 1) + sign * (g * sign).sum(1, keepdim=True) / n
+    torch.testing.assert_close(w.grad, expected)
+
+
+def test_percentile_histogram_matches_numpy():
+    torch.manual_seed(0)
+    ann = small_net().eval()
+    batches = [torch.randn(32, 1, 28, 28) for _ in range(2)]
+    stages = split_stages(ann)
+    got = percentile_thresholds(stages, batches, 99.9, channel_wise=False)
+    with torch.no_grad():
+        acts = []
+        for x in batches:
+            h = x
+            for i, (ops, act) in enumerate(stages[:-1]):
+                h = torch.relu(ops(h))
+                acts.append((i, h))
+    for i, lam in enumerate(got):
+        values = torch.cat([a.flatten() for j, a in acts if j == i]).numpy()
+        assert float(lam) == pytest.approx(np.percentile(values, 99.9), abs=2 * float(values.max()) / 2048 + 1e-6)
+    per_channel = percentile_thresholds(stages, batches, 99.9, channel_wise=True)
+    assert per_channel[0].shape == (8,) and per_channel[2].shape == (64,)
+
+
+def test_qcfs_converts_at_low_latency(data, tmp_path):
+    ann = trained(data, small_net(act=lambda: QCFS(levels=4, init_threshold=4.0)), tmp_path)
+    _, ann_acc = evaluate(ann, data[1])
+    snn, lams = convert(ann, [])
+    assert snn.stages[0][-1].v_init == 0.5
+    res = evaluate_snn(snn, data[1], 8, one_step=True, progress=False)
+    assert res["accuracy"][-1] >= ann_acc - 0.03, (res["accuracy"], ann_acc)
+    assert res["spikes"]["mean_firing_rate"] > 0
+
+
+def test_qcfs_forward_levels():
+    q = QCFS(levels=4, init_threshold=2.0)
+    z = torch.tensor([-1.0, 0.2, 0.3, 1.0, 1.9, 5.0])
+    torch.testing.assert_close(q(z), torch.tensor([0.0, 0.0, 0.5, 1.0, 2.0, 2.0]))
+
+
+def test_unsupported_layer_is_clear_error():
+    with pytest.raises(SpikeSearchError, match="MaxPool2d"):
+        split_stages(nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2)))
+
+
+def test_cli_train_ann_then_convert(tmp_path, capsys):
+    ann_dir = tmp_path / "ann"
+    assert main(["train-ann", "--job-dir", str(ann_dir), "--epochs", "1", "--width", "0.125", "--batchnorm",
+                 "--train_subset", "500", "--test_subset", "200", "--quiet"]) == 0
+    assert (ann_dir / "model.pt").is_file()
+    job = tmp_path / "snn"
+    assert main(["convert", "--job-dir", str(job), "--model", str(ann_dir / "model.pt"), "--dataset", "fmnist-small",
+                 "--percentile", "99.9", "--norm", "200", "--time", "12", "--arch", "vgg15ab", "--one-step",
+                 "--eval_size", "100", "--batch-size", "50", "--results-file", str(tmp_path / "acc.csv"),
+                 "--quiet"]) == 0
+    res = json.loads((job / "results.json").read_text())
+    assert res["images"] == 100 and len((job / "accuracy_per_timestep.csv").read_text().splitlines()) == 13
+    for f in ("accuracy_vs_timestep.png", "spikes.png", "spikes.json"):
+        assert (job / f).is_file()
+    assert (tmp_path / "acc.csv").is_file()
+    torch.save(torch.load(ann_dir / "model.pt")["model"], tmp_path / "bare.pt")  # bare state dict, other width
+    assert main(["convert", "--job-dir", str(tmp_path / "bad"), "--model", str(tmp_path / "bare.pt"),
+                 "--batchnorm", "--width", "0.25", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match this architecture" in err and "features.0.weight" in err
