@@ -20,6 +20,7 @@ import torch
 
 from spikesearch.convert import VGG, ConvertConfig, VGGConfig, convert, evaluate_snn
 from spikesearch.convert.converter import materialize
+from spikesearch.convert.qcfs import init_thresholds
 from spikesearch.loader import BatchLoader
 from spikesearch.pipeline import make_loaders
 from spikesearch.plots import plot_accuracy_vs_timestep
@@ -73,6 +74,8 @@ def main() -> None:
             seed_everything(0)
             ann = VGG(VGGConfig(num_classes=10, in_channels=1, image_size=28, width=a.width, batchnorm=True,
                                 binary=binary, activation=act, levels=a.levels))
+            if act == "qcfs":
+                init_thresholds(ann, norm[0])
             cfg = TrainConfig(epochs=a.epochs, optimizer="adam", lr=1e-3, weight_decay=0, progress=False)
             t0 = time.perf_counter()
             Trainer(ann, train, test, cfg, Run(name.replace(" ", "_"), a.out, quiet=True)).fit()

@@ -7,7 +7,8 @@ from torch import nn
 
 from spikesearch import SpikeSearchError, TrainConfig, Trainer
 from spikesearch.cli import main
-from spikesearch.convert import QCFS, VGG, BinaryConv2d, ConvertConfig, VGGConfig, binarize, convert, evaluate_snn
+from spikesearch.convert import (QCFS, VGG, BinaryConv2d, ConvertConfig, VGGConfig, binarize, convert, evaluate_snn,
+                                 init_thresholds)
 from spikesearch.convert.converter import percentile_thresholds, split_stages
 from spikesearch.loader import BatchLoader
 from spikesearch.pipeline import make_loaders
@@ -175,3 +176,16 @@ def test_cli_train_ann_then_convert(tmp_path, capsys):
                  "--batchnorm", "--width", "0.25", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "does not match this architecture" in err and "features.0.weight" in err
+
+
+def test_qcfs_thresholds_start_from_the_data():
+    torch.manual_seed(0)
+    vgg = VGG(VGGConfig(width=0.125, batchnorm=True, activation="qcfs"))
+    x = torch.randn(64, 1, 28, 28)
+    seen = {}
+    first = next(m for m in vgg.modules() if isinstance(m, QCFS))
+    first.register_forward_pre_hook(lambda m, inp: seen.setdefault("z", inp[0].detach().clone()))
+    lams = init_thresholds(vgg, x)
+    z = seen["z"]
+    assert lams[0] == pytest.approx(float(torch.quantile(z[z > 0], 0.999)), rel=1e-5)
+    assert all(0 < v < 8 for v in lams) and vgg.training  # mode restored

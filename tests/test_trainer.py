@@ -122,3 +122,11 @@ def test_spike_like_detection():
     assert is_spike_like(nn.functional.avg_pool2d(torch.randint(0, 2, (1, 1, 6, 6)).float(), 3))
     assert not is_spike_like(torch.tensor([0.3, 0.71]))
     assert not is_spike_like(torch.tensor([-1.0, 0.0]))
+
+
+def test_wrong_input_shape_is_clear_error():
+    net = small_net()
+    with pytest.raises(SpikeSearchError, match=r"expected 1-channel images"):
+        net(torch.zeros(2, 3, 28, 28))
+    with pytest.raises(SpikeSearchError, match=r"\[T, B, 1, H, W\]"):
+        net(torch.zeros(2, 28, 28))

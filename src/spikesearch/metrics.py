@@ -38,6 +38,9 @@ class SpikeCounter:
         self.stats: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self.order: list[str] = []
         self.handles: list = []
+        # whether a layer's input is spikes is a property of the layer: decided on its first call,
+        # not re-checked (a full pass over the input) at every timestep
+        self.spike_input: dict[str, bool] = {}
 
     def __enter__(self) -> "SpikeCounter":
         for name, m in self.model.named_modules():
@@ -72,7 +75,9 @@ class SpikeCounter:
             dense = float(out.numel()) * fan_in
             e = self._entry(name, "synapse")
             e["dense_macs"] += dense
-            if is_spike_like(x):
+            if name not in self.spike_input:
+                self.spike_input[name] = is_spike_like(x)
+            if self.spike_input[name]:
                 e["acs"] += dense * float(x.float().mean())
             else:
                 e["macs"] += dense

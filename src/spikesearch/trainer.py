@@ -179,7 +179,7 @@ class Trainer:
         path = self.ckpt_dir / "last.pt"
         if not path.is_file():
             return False
-        ck = load_checkpoint(path, map_location=self.device)
+        ck = load_checkpoint(path)  # on the CPU: RNG states must stay CPU tensors; weights are copied over
         load_model_weights(self.model, ck, str(path))
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])

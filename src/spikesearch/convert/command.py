@@ -15,6 +15,7 @@ from ..plots import plot_accuracy_vs_timestep, plot_spike_report
 from ..run import Run, atomic_write_bytes
 from ..trainer import TrainConfig, evaluate, load_checkpoint, load_model_weights, pick_device, seed_everything
 from .converter import ConvertConfig, convert, evaluate_snn
+from .qcfs import init_thresholds
 from .vgg import ARCHS, VGG, VGGConfig
 
 # Lu & Sengupta's README recipes (CIFAR-100), and a short one for the bundled data.
@@ -48,6 +49,10 @@ def cmd_train_ann(a: argparse.Namespace) -> dict:
     vcfg = VGGConfig(arch=a.arch, num_classes=info.num_classes, in_channels=info.channels, image_size=info.size,
                      width=a.width, batchnorm=a.batchnorm, binary=a.binary, activation=a.activation, levels=a.levels)
     model = VGG(vcfg).to(device)
+    if a.activation == "qcfs":
+        first = next(iter(BatchLoader(train.data.subset(512), 512, train.augment, False, device)))[0]
+        lams = init_thresholds(model, first)
+        run.log(f"QCFS thresholds initialised from the 99.9th percentile of 512 images: {[round(v, 3) for v in lams]}")
     kind = f"{'binary' if a.binary else 'full-precision'} {a.arch}{' +BN' if a.batchnorm else ''} ({a.activation})"
     result = train_and_report(model, train, test, cfg, run, 1, f"{kind} ANN on {a.dataset}", resume=a.resume)
     best = load_checkpoint(run.file("checkpoints") / "best.pt", device)
