@@ -68,15 +68,23 @@ def plot_spike_report(report: dict, path: Path, title: str = "") -> Path:
 
 def plot_accuracy_vs_timestep(curves: dict[str, Sequence[float]], path: Path, ann: dict[str, float] | None = None,
                               title: str = "") -> Path:
-    """SNN accuracy after each timestep (log-x), with the source ANNs' accuracy as dashed lines."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for (name, acc), color in zip(curves.items(), colors * 4):
-        ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], color=color, lw=2, label=name)
-    for (name, acc), color in zip((ann or {}).items(), colors * 4):
-        ax.axhline(100 * acc, color=color, ls="--", lw=1.2, label=f"{name} ({100 * acc:.2f}%)")
+    """SNN accuracy after each timestep (log-x), with the source ANNs' accuracy as dashed lines. A curve
+    whose label starts with an ANN's name takes that ANN's colour; a second curve of the same ANN is dotted."""
+    ann = ann or {}
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color = {name: palette[i % len(palette)] for i, name in enumerate(ann)}
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    used: dict[str, int] = {}
+    for i, (label, acc) in enumerate(curves.items()):
+        owner = next((n for n in ann if label.startswith(n)), label)
+        c = color.setdefault(owner, palette[(len(color)) % len(palette)])
+        style = ["-", ":", "-."][used.get(owner, 0) % 3]
+        used[owner] = used.get(owner, 0) + 1
+        ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], color=c, ls=style, lw=2.2, label=label)
+    for name, acc in ann.items():
+        ax.axhline(100 * acc, color=color[name], ls="--", lw=1, alpha=0.8, label=f"{name} ANN ({100 * acc:.2f}%)")
     ax.set_xscale("log", base=2)
     ax.set(xlabel="timestep T", ylabel="test accuracy (%)", title=title or "accuracy vs timesteps")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, path)

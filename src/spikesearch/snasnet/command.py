@@ -60,7 +60,7 @@ def run_snasnet(a: argparse.Namespace) -> dict:
     run = Run(a.exp_name, a.runs_dir)
     run.save_json("config.json", {k: v for k, v in vars(a).items() if k != "func"})
     macro = macro_config(a.dataset, second_avgpooling=a.second_avgpooling)
-    train, test, info = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset)
+    train, test, _ = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset)
 
     def build(mat: np.ndarray) -> SNASNet:
         return SNASNet(mat, a.celltype, macro, a.timestep, a.tau, a.threshold, a.surrogate).to(device)

@@ -188,7 +188,7 @@ class SNASNet(nn.Module):
         if x.dim() == 5:  # event frames [T, B, C, H, W]: a stem pass per timestep
             x = repeat_input(x, self.timesteps, self.macro.in_channels)
             return torch.stack([self.step(self.stem(xt)) for xt in x]).mean(0)
-        x = repeat_input(x, 1, self.macro.in_channels)[0]
+        x = repeat_input(x, 1, self.macro.in_channels)[0]  # checks [B, C, H, W] and the channel count
         if x.shape[-1] != self.macro.image_size or x.shape[-2] != self.macro.image_size:
             raise SpikeSearchError(f"SNASNet built for {self.macro.image_size}px images, got shape {tuple(x.shape)}")
         h = self.stem(x)
