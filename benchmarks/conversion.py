@@ -95,7 +95,7 @@ def main() -> None:
                     label = f"{name} ANN -> spikingjelly 2.0 ann2snn (99.9%)"
                     curves[label], per_step[label] = sj
                     rows.append((label, ann_acc[name]))
-                    print(f"  spikingjelly: " + " ".join(f"T{t}={100 * sj[0][t - 1]:.1f}" for t in REPORT_T
+                    print("  spikingjelly: " + " ".join(f"T{t}={100 * sj[0][t - 1]:.1f}" for t in REPORT_T
                                                         if t <= a.timesteps), flush=True)
     ts = [t for t in REPORT_T if t <= a.timesteps]
     lines = ["| ANN -> SNN | ANN | " + " | ".join(f"T={t}" for t in ts) + " | ms / timestep |",
@@ -108,7 +108,7 @@ def main() -> None:
     if sj_labels:
         ours = [per_step[lab.replace("spikingjelly 2.0 ann2snn (99.9%)", "ours (percentile 99.9)")] for lab in sj_labels]
         theirs = [per_step[lab] for lab in sj_labels]
-        ratio = (f"\nSimulation time per timestep, spikingjelly / ours: "
+        ratio = ("\nSimulation time per timestep, spikingjelly / ours: "
                  + ", ".join(f"{t / o:.2f}x" for t, o in zip(theirs, ours)) + " (same ANN, same images).")
     table = "\n".join(lines) + ratio + (
         f"\n\n{a.eval_size} test images of fmnist-small, vgg15ab width {a.width} with BN (folded), {a.epochs} epochs "

@@ -7,8 +7,17 @@ from torch import nn
 
 from spikesearch import SpikeSearchError, TrainConfig, Trainer
 from spikesearch.cli import main
-from spikesearch.convert import (QCFS, VGG, BinaryConv2d, ConvertConfig, VGGConfig, binarize, convert, evaluate_snn,
-                                 init_thresholds)
+from spikesearch.convert import (
+    QCFS,
+    VGG,
+    BinaryConv2d,
+    ConvertConfig,
+    VGGConfig,
+    binarize,
+    convert,
+    evaluate_snn,
+    init_thresholds,
+)
 from spikesearch.convert.converter import percentile_thresholds, split_stages
 from spikesearch.loader import BatchLoader
 from spikesearch.pipeline import make_loaders

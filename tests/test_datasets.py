@@ -1,5 +1,4 @@
 import gzip
-import io
 import pickle
 import struct
 

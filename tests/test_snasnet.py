@@ -6,12 +6,24 @@ import torch
 
 from spikesearch import SpikeSearchError
 from spikesearch.cli import main
-from spikesearch.neurons import reset
-from spikesearch.snasnet import (PUBLISHED, SNASCell, SNASNet, ScoreConfig, SearchConfig, check_matrix, format_cnt_mat,
-                                 macro_config, parse_cnt_mat, ranking, run_search, sample_matrix, score_model)
+from spikesearch.neurons import LIF, reset
+from spikesearch.snasnet import (
+    PUBLISHED,
+    ScoreConfig,
+    SearchConfig,
+    SNASCell,
+    SNASNet,
+    check_matrix,
+    format_cnt_mat,
+    macro_config,
+    parse_cnt_mat,
+    ranking,
+    run_search,
+    sample_matrix,
+    score_model,
+)
 from spikesearch.snasnet.score import hamming_kernel
 from spikesearch.snasnet.space import mutate_matrix, prune
-from spikesearch.neurons import LIF
 
 
 def test_cnt_mat_official_notation():

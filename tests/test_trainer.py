@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from spikesearch import IF, LIF, SpikeSearchError, SpikingCNN, TrainConfig, Trainer
+from spikesearch import IF, SpikeSearchError, SpikingCNN, TrainConfig, Trainer
 from spikesearch.metrics import SpikeCounter, is_spike_like
 from spikesearch.pipeline import make_loaders
 from spikesearch.run import Run

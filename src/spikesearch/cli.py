@@ -6,13 +6,13 @@ import sys
 
 import torch
 
-from .errors import SpikeSearchError
+from .convert import command as convert_command
 from .datasets import DATASETS
+from .errors import SpikeSearchError
 from .models import SpikingCNN
 from .neurons import NEURONS
 from .pipeline import make_loaders, train_and_report
 from .run import Run
-from .convert import command as convert_command
 from .snasnet import command as snasnet_command
 from .surrogate import SURROGATES
 from .trainer import TrainConfig, pick_device, seed_everything
@@ -46,14 +46,19 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
 
 
+# --tau sets a LIF's fixed tau and a PLIF's initial tau; IF has none
+TAU_ARGUMENT = {"lif": "tau", "plif": "init_tau"}
+
+
 def cmd_train(a: argparse.Namespace) -> dict:
     device = pick_device(a.device)
     seed_everything(a.seed)
     run = Run(a.name, a.runs_dir)
     run.save_json("config.json", {k: v for k, v in vars(a).items() if k != "func"})
     train, test, info = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset)
+    tau = {TAU_ARGUMENT[a.neuron]: a.tau} if a.neuron in TAU_ARGUMENT else {}
     model = SpikingCNN(info.channels, info.num_classes, info.size, a.widths, a.timestep, a.neuron,
-                       surrogate=a.surrogate, **({"tau": a.tau} if a.neuron == "lif" else {"init_tau": a.tau} if a.neuron == "plif" else {}))
+                       surrogate=a.surrogate, **tau)
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
                       weight_decay=a.weight_decay, scheduler=a.scheduler, seed=a.seed, progress=not a.quiet)
     return train_and_report(model.to(device), train, test, cfg, run, a.timestep,

@@ -9,7 +9,7 @@ from .loader import Augment, BatchLoader
 from .metrics import spike_report
 from .plots import plot_spike_report, plot_training
 from .run import Run
-from .trainer import Trainer, TrainConfig, evaluate
+from .trainer import TrainConfig, Trainer, evaluate
 
 
 def make_loaders(dataset: str, data_dir: str | None, batch_size: int, device: torch.device, seed: int,

@@ -61,7 +61,7 @@ def materialize(ann: nn.Module) -> nn.Module:
     """A copy of ``ann`` in plain torch layers: binary layers become Conv2d/Linear holding their
     binarized weights (for tools that trace the network, such as spikingjelly's converter)."""
     out = copy.deepcopy(ann)
-    for name, m in list(out.named_modules()):
+    for m in list(out.modules()):
         for child_name, child in list(m.named_children()):
             if isinstance(child, (BinaryConv2d, BinaryLinear)):
                 setattr(m, child_name, _plain_copy(child))
