@@ -54,7 +54,7 @@ def cmd_train(a: argparse.Namespace) -> dict:
     device = pick_device(a.device)
     seed_everything(a.seed)
     run = Run(a.name, a.runs_dir)
-    run.save_json("config.json", {k: v for k, v in vars(a).items() if k != "func"})
+    run.save_args(a)
     train, test, info = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset)
     tau = {TAU_ARGUMENT[a.neuron]: a.tau} if a.neuron in TAU_ARGUMENT else {}
     model = SpikingCNN(info.channels, info.num_classes, info.size, a.widths, a.timestep, a.neuron,

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
 from torch import Tensor, nn
 
-from .neurons import BaseNode, reset
+from .neurons import BaseNode
 
 E_AC_PJ = 0.9
 E_MAC_PJ = 4.6
@@ -114,20 +113,3 @@ class SpikeCounter:
             "layers": layers,
         }
 
-
-@torch.no_grad()
-def spike_report(model: nn.Module, batches, timesteps: int, max_images: int = 1000) -> dict:
-    """Count spikes and ops over up to ``max_images`` images of ``batches`` (eval mode)."""
-    was_training = model.training
-    model.eval()
-    n = 0
-    with SpikeCounter(model) as sc:
-        for x, _ in batches:
-            reset(model)
-            model(x)
-            n += x.shape[0]
-            if n >= max_images:
-                break
-    reset(model)
-    model.train(was_training)
-    return sc.report(n, timesteps)

@@ -6,7 +6,7 @@ from torch import nn
 
 from .datasets import DatasetInfo, load_dataset
 from .loader import Augment, BatchLoader
-from .metrics import spike_report
+from .metrics import SpikeCounter
 from .plots import plot_spike_report, plot_training
 from .run import Run
 from .trainer import TrainConfig, Trainer, evaluate
@@ -22,9 +22,10 @@ def make_loaders(dataset: str, data_dir: str | None, batch_size: int, device: to
 
 
 def report(model: nn.Module, test: BatchLoader, run: Run, timesteps: int, title: str) -> dict:
-    """Evaluate, count spikes/SOPs/energy, write ``spikes.json`` and ``spikes.png``."""
-    loss, acc = evaluate(model, test)
-    spikes = spike_report(model, test, timesteps)
+    """Evaluate the test set, counting spikes/SOPs/energy in the same pass; write ``spikes.json`` and ``spikes.png``."""
+    with SpikeCounter(model) as counter:
+        loss, acc = evaluate(model, test)
+    spikes = counter.report(len(test.data), timesteps)
     run.save_json("spikes.json", spikes)
     plot_spike_report(spikes, run.file("spikes.png"), title)
     run.log(f"test accuracy {100 * acc:.2f}% (loss {loss:.4f}); {spikes['spikes_per_image']:.4g} spikes/image, "

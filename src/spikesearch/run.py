@@ -1,7 +1,9 @@
 """The run folder: every command writes ``runs/<name>/`` with its config, log, metrics, checkpoints and plots."""
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -67,6 +69,20 @@ class Run:
         path = self.file(name)
         atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
         return path
+
+    def save_args(self, args, **extra: Any) -> Path:
+        """``config.json``: the resolved command-line arguments (the handler function left out)."""
+        return self.save_json("config.json", {**extra, **{k: v for k, v in vars(args).items() if k != "func"}})
+
+    def save_csv(self, name: str, header: list[str], rows) -> bytes:
+        """Write a CSV atomically; returns its bytes for callers that also copy it elsewhere."""
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(header)
+        w.writerows(rows)
+        data = buf.getvalue().encode()
+        atomic_write_bytes(self.file(name), data)
+        return data
 
     def close(self) -> None:
         self._log.close()

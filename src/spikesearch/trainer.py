@@ -3,7 +3,6 @@ checkpoint every epoch (model, optimizer, scheduler, RNG and loader state), best
 CSV + TensorBoard logs, progress bars, and a clean stop on a NaN loss."""
 from __future__ import annotations
 
-import csv
 import io
 import math
 import random
@@ -243,7 +242,7 @@ class Trainer:
             if is_best:
                 self.best_acc = row["test_acc"]
             self.save(epoch, is_best)
-            self._write_csv()
+            self.run.save_csv("metrics.csv", self.CSV_FIELDS, ([h[k] for k in self.CSV_FIELDS] for h in self.history))
             if writer is not None:
                 for k in ("lr", "train_loss", "train_acc", "test_loss", "test_acc"):
                     if row[k] is not None:
@@ -257,13 +256,6 @@ class Trainer:
         final = self.history[-1] if self.history else {}
         return {"epochs": self.cfg.epochs, "final_test_acc": final.get("test_acc"),
                 "best_test_acc": self.best_acc if self.best_acc >= 0 else None, "history": self.history}
-
-    def _write_csv(self) -> None:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self.CSV_FIELDS)
-        w.writeheader()
-        w.writerows(self.history)
-        atomic_write_bytes(self.run.file("metrics.csv"), buf.getvalue().encode())
 
     def _tensorboard(self):
         try:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def cmd_train_ann(a: argparse.Namespace) -> dict:
         if flag is not None:
             params[key] = flag
     cfg = TrainConfig(seed=a.seed, progress=not a.quiet, **params)
-    run.save_json("config.json", {"recipe": recipe, **{k: v for k, v in vars(a).items() if k != "func"}})
+    run.save_args(a, recipe=recipe)
     train, test, info = make_loaders(a.dataset, a.data_dir, cfg.batch_size, device, a.seed, a.train_subset, a.test_subset)
     vcfg = VGGConfig(arch=a.arch, num_classes=info.num_classes, in_channels=info.channels, image_size=info.size,
                      width=a.width, batchnorm=a.batchnorm, binary=a.binary, activation=a.activation, levels=a.levels)
@@ -85,7 +84,7 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     seed_everything(a.seed)
     name, root = _split_run_dir(a.job_dir)
     run = Run(name, root)
-    run.save_json("config.json", {k: v for k, v in vars(a).items() if k != "func"})
+    run.save_args(a)
     train, test, info = make_loaders(a.dataset, a.data, a.batch_size, device, a.seed, None, a.eval_size,
                                      eval_batch_size=a.batch_size)
     ann = load_vgg(a.model, a, info).to(device).eval()
@@ -103,11 +102,7 @@ def cmd_convert(a: argparse.Namespace) -> dict:
             f"ANN test accuracy {100 * ann_acc:.2f}%; simulating T={a.time}, {mode}")
     res = evaluate_snn(snn, test, a.time, a.one_step, progress=not a.quiet)
     acc = res["accuracy"]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["timestep", "snn_accuracy"])
-    w.writerows((t + 1, v) for t, v in enumerate(acc))
-    atomic_write_bytes(run.file("accuracy_per_timestep.csv"), buf.getvalue().encode())
+    table = run.save_csv("accuracy_per_timestep.csv", ["timestep", "snn_accuracy"], ((t + 1, v) for t, v in enumerate(acc)))
     plot_accuracy_vs_timestep({f"SNN ({mode.split(' ')[0]})": acc}, run.file("accuracy_vs_timestep.png"),
                               {"ANN": ann_acc}, f"{a.arch} on {a.dataset}")
     plot_spike_report(res["spikes"], run.file("spikes.png"), f"converted {a.arch}, T={a.time}")
@@ -119,7 +114,7 @@ def cmd_convert(a: argparse.Namespace) -> dict:
               "spikes": {k: v for k, v in res["spikes"].items() if k != "layers"}}
     run.save_json("results.json", result)
     if a.results_file:
-        Path(a.results_file).write_text(buf.getvalue())
+        Path(a.results_file).write_bytes(table)
     run.log(f"SNN accuracy at T={a.time}: {100 * acc[-1]:.2f}% (ANN {100 * ann_acc:.2f}%); within 1 point of the "
             f"ANN from T={near}; {1000 * res['seconds_per_timestep']:.1f} ms per timestep for {res['images']} images")
     return result

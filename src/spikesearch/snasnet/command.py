@@ -58,7 +58,7 @@ def run_snasnet(a: argparse.Namespace) -> dict:
     seed_everything(a.seed)
     fill_recipe(a)
     run = Run(a.exp_name, a.runs_dir)
-    run.save_json("config.json", {k: v for k, v in vars(a).items() if k != "func"})
+    run.save_args(a)
     macro = macro_config(a.dataset, second_avgpooling=a.second_avgpooling)
     train, test, _ = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset)
 
