@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 # The demo: SNASNet search (100 candidates) -> train the best cell -> evaluate, on the bundled data.
 DEMO_ARGS ?= --exp_name demo --num_search 100 --seed 1234
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 install: $(VENV)/.installed
 
@@ -21,3 +21,6 @@ test: install
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache build *.egg-info src/*.egg-info
+
+bench: install
+	$(BIN)/python benchmarks/bench.py

@@ -12,6 +12,8 @@ FORMULAS = {
     "triangle": lambda x, a: torch.clamp(a - a * a * x.abs(), min=0),
     "rectangular": lambda x, a: a * (x.abs() < 0.5 / a).to(x.dtype),
     "erf": lambda x, a: a / math.sqrt(math.pi) * torch.exp(-(a * x) ** 2),
+    # SpikeDHS writes it on the membrane u = x + V_th with V_th = 0.5: zero outside 0 < u < 1
+    "dspike": lambda x, a: torch.where(x.abs() < 0.5, a / (2 * math.tanh(a / 2)) * (1 - torch.tanh(a * x) ** 2), 0 * x),
 }
 
 

@@ -8,6 +8,7 @@ import torch
 
 from .convert import command as convert_command
 from .datasets import DATASETS
+from .dhs import command as dhs_command
 from .errors import SpikeSearchError
 from .models import SpikingCNN
 from .neurons import NEURONS
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     c.set_defaults(func=convert_command.cmd_convert)
+
+    h = sub.add_parser("dhs", help="SpikeDHS differentiable search: search | derive | train")
+    dhs_command.add_arguments(h, positive_int, nonneg_float, add_common)
 
     d = sub.add_parser("datasets", help="list datasets, their expected layouts, neurons and surrogates")
     d.set_defaults(func=cmd_datasets)

@@ -48,6 +48,8 @@ def _check_step_mode(step_mode: str) -> str:
 
 
 class BaseNode(nn.Module, Stateful):
+    fused = True  # multi-step through _FusedSequence where possible (set False to compare with the step loop)
+
     def __init__(
         self,
         v_threshold: float = 1.0,
@@ -89,8 +91,20 @@ class BaseNode(nn.Module, Stateful):
             self.v = h * (1 - s_r) + self.v_reset * s_r
         return s
 
+    def linear_charge(self) -> tuple[float, float, float] | None:
+        """``(a, b, c)`` with ``H = a V + b X + c`` when those are constants (not learned); else None."""
+        return None
+
     def multi_step(self, x_seq: Tensor) -> Tensor:
-        return torch.stack([self.single_step(x) for x in x_seq])
+        coeffs = self.linear_charge()
+        # the fused kernel drops the gradient through the reset (detach_reset) and into a carried-over
+        # state, and is written for the registry's fixed surrogates; anything else takes the autograd loop
+        if (not self.fused or coeffs is None or not self.detach_reset or type(self.surrogate) is not Surrogate
+                or isinstance(self.v, Tensor)):
+            return torch.stack([self.single_step(x) for x in x_seq])
+        out, self.v = _FusedSequence.apply(x_seq, coeffs, float(self.v), self.v_threshold, self.v_reset,
+                                           self.surrogate.shape, self.surrogate.alpha)
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         if self.step_mode == "m":
@@ -104,12 +118,59 @@ class BaseNode(nn.Module, Stateful):
         return f"v_th={self.v_threshold}, reset={reset}, detach_reset={self.detach_reset}, step_mode={self.step_mode}"
 
 
+class _FusedSequence(torch.autograd.Function):
+    """A whole sequence of a neuron with linear charge ``H = a V + b X + c`` in one autograd node.
+
+    Saves only the pre-spike membranes ``H[t]`` (one tensor) instead of the handful of intermediates
+    per timestep that the op-by-op loop keeps, and runs forward and backward without building a graph.
+    Backward, with the reset detached: dL/dH[t] = dL/dS[t] g(H[t] - V_th) + dL/dV[t] dV[t]/dH[t], where
+    dV/dH = 1 - S (hard reset) or 1 (soft); dL/dX[t] = b dL/dH[t]; dL/dV[t-1] = a dL/dH[t].
+    """
+
+    @staticmethod
+    def forward(ctx, x_seq, coeffs, v0, v_th, v_reset, shape, alpha):
+        a, b, c = coeffs
+        # everything that does not depend on the membrane is done once for all T, not per step
+        drive = x_seq * b + c if (b != 1 or c) else x_seq
+        v = torch.full_like(x_seq[0], v0)
+        hs = torch.empty_like(x_seq)
+        for t in range(x_seq.shape[0]):
+            h = torch.add(drive[t], v, alpha=a)
+            fired = h >= v_th
+            v = h.masked_fill(fired, v_reset) if v_reset is not None else h - fired.to(h.dtype) * v_th
+            hs[t] = h
+        ctx.save_for_backward(hs)
+        ctx.params = (a, b, v_th, v_reset, shape, alpha)
+        ctx.mark_non_differentiable(v)
+        return (hs >= v_th).to(x_seq.dtype), v
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_v):
+        (hs,) = ctx.saved_tensors
+        a, b, v_th, v_reset, shape, alpha = ctx.params
+        # step by step on purpose: T-sized temporaries cost fresh pages on every call, step-sized ones are
+        # reused. No in-place or out= ops: under create_graph (the DGS hypergradient) this backward is itself
+        # differentiated, and it is linear in grad_out, which is all that needs.
+        grads = []
+        gv = torch.zeros_like(hs[0])
+        for t in range(hs.shape[0] - 1, -1, -1):
+            x = hs[t] - v_th
+            gh = grad_out[t] * shape.grad(x, alpha)
+            gh = gh + gv if v_reset is None else torch.addcmul(gh, gv, (x < 0).to(gh.dtype))
+            grads.append(gh * b)
+            gv = gh * a
+        return torch.stack(grads[::-1]), None, None, None, None, None, None
+
+
 @NEURONS.register("if")
 class IF(BaseNode):
     """Integrate-and-fire: no leak. With ``v_reset=None`` this is the ANN->SNN conversion neuron."""
 
     def charge(self, x: Tensor, v: Tensor | float) -> Tensor:
         return v + x
+
+    def linear_charge(self) -> tuple[float, float, float]:
+        return 1.0, 1.0, 0.0
 
 
 @NEURONS.register("lif")
@@ -130,6 +191,13 @@ class LIF(BaseNode):
         if self.decay_input:
             return v + (x - (v - rest)) * k
         return v - (v - rest) * k + x
+
+    def linear_charge(self) -> tuple[float, float, float] | None:
+        k = self.decay()
+        if isinstance(k, Tensor):
+            return None
+        rest = 0.0 if self.v_reset is None else self.v_reset
+        return (1 - k, k, k * rest) if self.decay_input else (1 - k, 1.0, k * rest)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau:.4g}, decay_input={self.decay_input}, " + super().extra_repr()

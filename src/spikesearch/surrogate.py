@@ -72,12 +72,24 @@ def _erf_prim(x, a):
     return 0.5 * torch.erfc(-a * x)
 
 
+# Dspike (Li et al., NeurIPS 2021), SpikeDHS's family: a tanh window of half-width 0.5 around the
+# threshold, with temperature ``a`` (its ``b``) setting how peaked it is; the window does not scale with a.
+def _dspike_grad(x, a):
+    inside = (x.abs() < 0.5).to(x.dtype)
+    return inside * a / (2 * math.tanh(a / 2)) * (1 - torch.tanh(a * x) ** 2)
+
+
+def _dspike_prim(x, a):
+    return torch.clamp(torch.tanh(a * x) / (2 * math.tanh(a / 2)) + 0.5, 0, 1)
+
+
 for _shape in (
     SurrogateShape("atan", 2.0, _atan_grad, _atan_prim, "alpha/2 / (1 + (pi/2*alpha*x)^2)"),
     SurrogateShape("sigmoid", 4.0, _sigmoid_grad, _sigmoid_prim, "alpha*s*(1-s), s = sigmoid(alpha*x)"),
     SurrogateShape("triangle", 1.0, _triangle_grad, _triangle_prim, "max(0, alpha - alpha^2*|x|)"),
     SurrogateShape("rectangular", 1.0, _rect_grad, _rect_prim, "alpha * 1[|x| < 1/(2*alpha)]"),
     SurrogateShape("erf", 2.0, _erf_grad, _erf_prim, "alpha/sqrt(pi) * exp(-(alpha*x)^2)"),
+    SurrogateShape("dspike", 3.0, _dspike_grad, _dspike_prim, "alpha/(2 tanh(alpha/2)) * (1 - tanh^2(alpha*x)), |x| < 0.5"),
 ):
     SURROGATES.add(_shape.name, _shape)
 SURROGATES.add("piecewise", SURROGATES.get("triangle"))

@@ -1,0 +1,70 @@
+"""``make bench``: run every benchmark and rewrite docs/BENCHMARKS.md with their tables, the machine,
+the date and the exact commands. Never part of ``make test``.
+
+    python benchmarks/bench.py [--quick] [--only training_step]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "runs" / "bench"
+
+
+def benchmarks(quick: bool) -> dict[str, list[list[str]]]:
+    steps = "5" if quick else "20"
+    runs = {"training_step": [["benchmarks/training_step.py", "--steps", steps, "--out", str(OUT / "training_step_cpu")]],
+            "conversion": [["benchmarks/conversion.py", "--out", str(OUT / "conversion")]
+                           + (["--epochs", "1", "--timesteps", "16", "--eval_size", "200", "--norm", "200"] if quick else [])]}
+    if torch.cuda.is_available():
+        runs["training_step"].append(["benchmarks/training_step.py", "--steps", steps, "--device", "cuda", "--batch", "256",
+                                      "--out", str(OUT / "training_step_cuda")])
+    return runs
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = model
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer steps/epochs: checks the suite runs, not for figures")
+    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    a = ap.parse_args()
+    sections = []
+    for name, commands in benchmarks(a.quick).items():
+        if a.only and name not in a.only:
+            continue
+        for cmd in commands:
+            line = " ".join(["python", *map(shlex.quote, cmd)])
+            print(f"== {line}", flush=True)
+            subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True)
+            table = (Path(cmd[cmd.index("--out") + 1]) / "table.md").read_text()
+            sections.append(f"### {name}\n\nCommand: `{line}`\n\n{table}")
+    stamp = datetime.date.today().isoformat()
+    header = (f"# Benchmarks\n\nWritten by `make bench` (`python benchmarks/bench.py{' --quick' if a.quick else ''}`) "
+              f"on {stamp}.\nMachine: {machine()}.\n\nRatios compare rows of one table, measured in one process; "
+              f"absolute times on a shared machine are noise.\n\n")
+    a.doc.write_text(header + "\n".join(sections))
+    print(f"wrote {a.doc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""SpikeDHS networks: the search trellis (cells on every reachable layer x level, weighted by beta,
+edges mixed by a shared alpha, searchable neurons) and the derived network (one path, fixed ops).
+
+Both are the same class: a derived network is the trellis restricted to one path with one op per
+edge and one neuron per node. Inputs are images ``[B, C, H, W]`` (direct encoding, repeated T times)
+or frames ``[T, B, C, H, W]``; logits are averaged over T.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import SpikeSearchError
+from ..metrics import E_AC_PJ, E_MAC_PJ
+from ..models import repeat_input
+from ..neurons import SeqToANN
+from .genotype import PAPER_CELL, Genotype, check_path, edge_index, num_edges, transition_weights
+from .nodes import DGSSurrogate, NeuronChoice, NodeMix, build_neuron, synaptic_cost
+from .ops import EDGE_OPS, MIX_MODES, MixedOp, dhs_lif, op_macs
+
+
+@dataclass
+class DHSConfig:
+    steps: int = 3  # nodes per cell
+    layers: int = 4  # cells along a path (paper: 8)
+    levels: int = 3  # resolutions in the trellis (paper: 4)
+    channels: int = 8  # node channels at level 0, doubled per level (paper: 8 search, 48 retrain)
+    timesteps: int = 6
+    ops: tuple[str, ...] = ("skip", "conv3x3", "conv1x1", "avgpool")
+    mix: str = "membrane"  # where the mixed op acts: the node's membrane (paper) or its input spikes (code)
+    search_cell: bool = True
+    search_layer: bool = True
+    dgs: bool = False
+    tps: bool = False
+    hns: bool = False
+    taus: tuple[float, ...] = (1.25, 2.0, 5.0)  # TPS candidates (decay 0.2, 0.5, 0.8)
+    stem_stride: int = 1  # 2 halves every level's size (cheap searches on small CPUs)
+    b_init: float = 3.0
+    dgs_delta: float = 0.2
+    top_k: int = 2
+    fixed_cell: list = field(default_factory=lambda: [list(n) for n in PAPER_CELL])  # when search_cell is off
+
+    def validate(self) -> None:
+        for name in ("steps", "layers", "levels", "channels", "timesteps", "top_k", "stem_stride"):
+            if getattr(self, name) <= 0:
+                raise SpikeSearchError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.mix not in MIX_MODES:
+            raise SpikeSearchError(f"mix must be one of {MIX_MODES}, got {self.mix!r}")
+        for o in self.ops:
+            EDGE_OPS.get(o)
+        if any(t <= 1 for t in self.taus):
+            raise SpikeSearchError(f"TPS taus must all be > 1, got {self.taus}")
+        if not self.search_cell and len(self.fixed_cell) != self.steps:
+            raise SpikeSearchError(f"the fixed cell has {len(self.fixed_cell)} nodes, the config {self.steps} steps")
+
+    def neuron_choices(self) -> list[NeuronChoice]:
+        taus = self.taus if self.tps else (1.25,)
+        return [NeuronChoice("lif", t, self.b_init) for t in taus] + ([NeuronChoice("ann")] if self.hns else [])
+
+
+def default_path(layers: int, levels: int) -> list[int]:
+    """Evenly spread levels; for 8 layers and 3 levels this is SpikeDHS's ``[0,0,1,1,1,2,2,2]``."""
+    return [(k + 1) * levels // (layers + 1) for k in range(layers)]
+
+
+def _resize(x: Tensor, size: int) -> Tensor:
+    if x.shape[-1] == size:
+        return x
+    # nearest keeps spike maps binary (SpikeDHS retrain reduces this way, not by strided conv)
+    y = F.interpolate(x.flatten(0, 1), size=(size, size), mode="nearest")
+    return y.view(*x.shape[:3], size, size)
+
+
+class Cell(nn.Module):
+    """Two spiking 1x1 preprocessors (cell k-2 and k-1 brought to this level's size and width),
+    ``steps`` nodes each summing its edges' currents into its own neuron; output = concat of nodes."""
+
+    def __init__(self, c_pp: int, c_p: int, c: int, edges: list[list[tuple[int, tuple[str, ...]]]],
+                 nodes: list[nn.Module], mix: str) -> None:
+        super().__init__()
+        self.c = c
+        self.pre0 = nn.Sequential(SeqToANN(nn.Conv2d(c_pp, c, 1, bias=False), nn.BatchNorm2d(c)), dhs_lif())
+        self.pre1 = nn.Sequential(SeqToANN(nn.Conv2d(c_p, c, 1, bias=False), nn.BatchNorm2d(c)), dhs_lif())
+        self.wiring = [[s for s, _ in node] for node in edges]
+        self.edges = nn.ModuleDict({f"{i}_{s}": MixedOp(ops, c, mix) for i, node in enumerate(edges) for s, ops in node})
+        self.nodes = nn.ModuleList(nodes)
+
+    def forward(self, s0: Tensor, s1: Tensor, size: int, alpha: Tensor | None) -> tuple[Tensor, Tensor, float]:
+        states = [self.pre0(_resize(s0, size)), self.pre1(_resize(s1, size))]
+        costs: list = [E_AC_PJ * s.detach().mean() for s in states]
+        hw = size * size
+        energy, dense = torch.zeros((), device=s1.device), 0.0
+        for i, node in enumerate(self.nodes):
+            current = 0
+            for s in self.wiring[i]:
+                op = self.edges[f"{i}_{s}"]
+                w = alpha[edge_index(i, s)] if len(op.names) > 1 else None
+                current = current + op(states[s], w)
+                macs = torch.tensor([float(op_macs(o, self.c, hw)) for o in op.names], device=s1.device)
+                energy = energy + costs[s] * (macs[0] if w is None else (w * macs).sum())
+                dense += E_MAC_PJ * float(macs.max())
+            out = node(current)
+            states.append(out)
+            costs.append(synaptic_cost(node, out))
+        return torch.cat(states[2:], 2), energy, dense
+
+
+class DHSNet(nn.Module):
+    def __init__(self, cfg: DHSConfig, in_channels: int, num_classes: int, image_size: int,
+                 genotype: Genotype | None = None) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg, self.in_channels, self.genotype = cfg, in_channels, genotype
+        L, C = cfg.layers, cfg.channels
+        steps = genotype.steps if genotype else cfg.steps
+        if genotype is not None:
+            L = len(genotype.path)
+            check_path(genotype.path, cfg.levels)
+        self.sizes = [(image_size - 1) // cfg.stem_stride + 1]
+        for _ in range(cfg.levels - 1):
+            self.sizes.append((self.sizes[-1] + 1) // 2)
+
+        searching = genotype is None
+        self.search_cell = searching and cfg.search_cell
+        self.search_layer = searching and cfg.search_layer
+        self.path = None if self.search_layer else (genotype.path if genotype else default_path(L, cfg.levels))
+        if self.path is not None:
+            check_path(self.path, cfg.levels)
+        cell = genotype.cell if genotype else (None if self.search_cell else cfg.fixed_cell)
+        if self.search_cell:
+            edges = [[(s, tuple(cfg.ops)) for s in range(i + 2)] for i in range(steps)]
+            self.alpha = nn.Parameter(1e-3 * torch.randn(num_edges(steps), len(cfg.ops)))
+        else:
+            edges = [[(int(s), (str(o),)) for s, o in node] for node in cell]
+            self.alpha = None
+        self.beta = nn.Parameter(1e-3 * torch.randn(L, cfg.levels, 2)) if self.search_layer else None
+
+        def surrogate() -> DGSSurrogate | None:
+            return DGSSurrogate(cfg.b_init, cfg.dgs_delta) if searching and cfg.dgs else None
+
+        def node(k: int, i: int) -> nn.Module:
+            if genotype is not None:
+                return build_neuron(genotype.neuron(k, i))
+            choices = cfg.neuron_choices()
+            return NodeMix(choices, surrogate()) if len(choices) > 1 else build_neuron(choices[0], surrogate())
+
+        stem_c = steps * C
+        stem_b = genotype.stem_b if genotype else cfg.b_init
+        stem_sg = surrogate()
+        self.stem = nn.Sequential(SeqToANN(nn.Conv2d(in_channels, stem_c, 3, cfg.stem_stride, padding=1, bias=False), nn.BatchNorm2d(stem_c)),
+                                  dhs_lif(surrogate=stem_sg if stem_sg is not None else f"dspike:{stem_b}"))
+        out_c = {(-1, 0): stem_c, (-2, 0): stem_c}
+        self.cells = nn.ModuleDict()
+        for k in range(L):
+            for lv in self.levels_at(k):
+                for src, t in ((lv, "same"), (lv - 1, "down")):
+                    if (k - 1, src) not in out_c or not self._transition_allowed(k, src, lv):
+                        continue
+                    pp = self._prev_prev_level(k, lv, out_c)
+                    self.cells[f"{k}_{lv}_{t}"] = Cell(out_c[(k - 2, pp)], out_c[(k - 1, src)], C * 2 ** lv, edges,
+                                                       [node(k, i) for i in range(steps)], cfg.mix)
+                    out_c[(k, lv)] = steps * C * 2 ** lv
+        self.num_layers = L
+        self.heads = nn.ModuleDict({str(lv): nn.Linear(out_c[(L - 1, lv)], num_classes)
+                                    for lv in range(cfg.levels) if (L - 1, lv) in out_c})
+        self.energy: Tensor = torch.zeros(())
+        self.dense_energy = 1.0
+
+    def levels_at(self, k: int) -> list[int]:
+        if self.path is not None:
+            return [self.path[k]]
+        return list(range(min(k + 2, self.cfg.levels)))
+
+    def _transition_allowed(self, k: int, src: int, lv: int) -> bool:
+        if self.path is None:
+            return True
+        return (self.path[k - 1] if k > 0 else 0) == src
+
+    @staticmethod
+    def _prev_prev_level(k: int, lv: int, have: dict) -> int:
+        return max(p for (kk, p) in have if kk == k - 2 and p <= lv)
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """alpha, beta and the TPS/HNS node logits (the DGS logits are trained apart, see ``dgs_surrogates``)."""
+        params = [p for p in (self.alpha, self.beta) if p is not None]
+        return params + [m.logits for m in self.modules() if isinstance(m, NodeMix)]
+
+    def dgs_surrogates(self) -> list[DGSSurrogate]:
+        return list(dict.fromkeys(m for m in self.modules() if isinstance(m, DGSSurrogate)))
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()} | {id(s.logits) for s in self.dgs_surrogates()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = repeat_input(x, self.cfg.timesteps, self.in_channels)
+        stem = self.stem(x)
+        states = {(-2, 0): stem, (-1, 0): stem}
+        prob = {(-1, 0): torch.ones((), device=x.device)}
+        trans = transition_weights(self.beta, self.cfg.levels) if self.beta is not None else None
+        alpha = torch.softmax(self.alpha, -1) if self.alpha is not None else None
+        energy, dense = torch.zeros((), device=x.device), 0.0
+        for k in range(self.num_layers):
+            for lv in self.levels_at(k):
+                total = None
+                for src, t in ((lv, "same"), (lv - 1, "down")):
+                    cell = self.cells[f"{k}_{lv}_{t}"] if f"{k}_{lv}_{t}" in self.cells else None
+                    if cell is None:
+                        continue
+                    w = trans[k, src, 0 if t == "same" else 1] if trans is not None else torch.ones((), device=x.device)
+                    s0 = states[(k - 2, self._prev_prev_level(k, lv, states))]
+                    out, e, d = cell(s0, states[(k - 1, src)], self.sizes[lv], alpha)
+                    p = prob[(k - 1, src)] * w
+                    total = w * out if total is None else total + w * out
+                    prob[(k, lv)] = prob.get((k, lv), 0) + p
+                    energy = energy + p * e
+                    dense += float(p.detach()) * d
+                states[(k, lv)] = total
+        self.energy, self.dense_energy = energy, max(dense, 1e-12)
+        last = self.num_layers - 1
+        logits = sum(head(states[(last, int(lv))].mean((3, 4))) for lv, head in self.heads.items())
+        return logits.mean(0)
