@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "runs" / "bench"
+OUT = Path("runs/bench")  # relative to ROOT, so the printed commands run from any checkout
 
 
 def benchmarks(quick: bool) -> dict[str, list[list[str]]]:
@@ -56,13 +56,13 @@ def main() -> None:
             line = " ".join(["python", *map(shlex.quote, cmd)])
             print(f"== {line}", flush=True)
             subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True)
-            table = (Path(cmd[cmd.index("--out") + 1]) / "table.md").read_text()
+            table = (ROOT / cmd[cmd.index("--out") + 1] / "table.md").read_text()
             sections.append(f"### {name}\n\nCommand: `{line}`\n\n{table}")
     stamp = datetime.date.today().isoformat()
     header = (f"# Benchmarks\n\nWritten by `make bench` (`python benchmarks/bench.py{' --quick' if a.quick else ''}`) "
               f"on {stamp}.\nMachine: {machine()}.\n\nRatios compare rows of one table, measured in one process; "
               f"absolute times on a shared machine are noise.\n\n")
-    a.doc.write_text(header + "\n".join(sections))
+    a.doc.write_text(header + "\n".join(sections) + (ROOT / "benchmarks" / "NOTES.md").read_text())
     print(f"wrote {a.doc}")
 
 

@@ -8,12 +8,19 @@ import torch
 
 from spikesearch import SpikeSearchError
 from spikesearch.cli import main
-from spikesearch.dhs.genotype import (Genotype, derive_cell, edge_index, num_edges, random_genotype,
-                                      transition_weights, viterbi)
+from spikesearch.dhs.genotype import (
+    Genotype,
+    derive_cell,
+    edge_index,
+    num_edges,
+    random_genotype,
+    transition_weights,
+    viterbi,
+)
 from spikesearch.dhs.network import DHSConfig, DHSNet, default_path
 from spikesearch.dhs.nodes import DGSSurrogate, NeuronChoice, NodeMix
 from spikesearch.dhs.ops import MixedOp, dhs_lif
-from spikesearch.dhs.search import dgs_step, derive
+from spikesearch.dhs.search import derive, dgs_step
 from spikesearch.neurons import reset
 from spikesearch.surrogate import SURROGATES
 

@@ -17,7 +17,14 @@ from ..errors import SpikeSearchError
 from ..metrics import E_AC_PJ, E_MAC_PJ
 from ..models import repeat_input
 from ..neurons import SeqToANN
-from .genotype import PAPER_CELL, Genotype, check_path, edge_index, num_edges, transition_weights
+from .genotype import (
+    PAPER_CELL,
+    Genotype,
+    check_path,
+    edge_index,
+    num_edges,
+    transition_weights,
+)
 from .nodes import DGSSurrogate, NeuronChoice, NodeMix, build_neuron, synaptic_cost
 from .ops import EDGE_OPS, MIX_MODES, MixedOp, dhs_lif, op_macs
 
