@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import SpikeSearchError
-from ..metrics import E_AC_PJ, E_MAC_PJ
+from ..metrics import E_MAC_PJ
 from ..models import repeat_input
 from ..neurons import SeqToANN
 from .genotype import (
@@ -26,7 +26,7 @@ from .genotype import (
     transition_weights,
 )
 from .nodes import DGSSurrogate, NeuronChoice, NodeMix, build_neuron, synaptic_cost
-from .ops import EDGE_OPS, MIX_MODES, MixedOp, dhs_lif, op_macs
+from .ops import DHS_TAU, EDGE_OPS, MIX_MODES, MixedOp, dhs_lif, op_macs
 
 
 @dataclass
@@ -64,7 +64,7 @@ class DHSConfig:
             raise SpikeSearchError(f"the fixed cell has {len(self.fixed_cell)} nodes, the config {self.steps} steps")
 
     def neuron_choices(self) -> list[NeuronChoice]:
-        taus = self.taus if self.tps else (1.25,)
+        taus = self.taus if self.tps else (DHS_TAU,)
         return [NeuronChoice("lif", t, self.b_init) for t in taus] + ([NeuronChoice("ann")] if self.hns else [])
 
 
@@ -85,34 +85,38 @@ class Cell(nn.Module):
     """Two spiking 1x1 preprocessors (cell k-2 and k-1 brought to this level's size and width),
     ``steps`` nodes each summing its edges' currents into its own neuron; output = concat of nodes."""
 
-    def __init__(self, c_pp: int, c_p: int, c: int, edges: list[list[tuple[int, tuple[str, ...]]]],
+    def __init__(self, c_pp: int, c_p: int, c: int, size: int, edges: list[list[tuple[int, tuple[str, ...]]]],
                  nodes: list[nn.Module], mix: str) -> None:
         super().__init__()
-        self.c = c
+        self.size = size
         self.pre0 = nn.Sequential(SeqToANN(nn.Conv2d(c_pp, c, 1, bias=False), nn.BatchNorm2d(c)), dhs_lif())
         self.pre1 = nn.Sequential(SeqToANN(nn.Conv2d(c_p, c, 1, bias=False), nn.BatchNorm2d(c)), dhs_lif())
         self.wiring = [[s for s, _ in node] for node in edges]
         self.edges = nn.ModuleDict({f"{i}_{s}": MixedOp(ops, c, mix) for i, node in enumerate(edges) for s, ops in node})
         self.nodes = nn.ModuleList(nodes)
+        # dense MACs of every op on every edge, in wiring order: fixed by the cell's width and size
+        macs = [[float(op_macs(o, c, size * size)) for o in ops] for node in edges for _, ops in node]
+        self.register_buffer("macs", torch.tensor(macs), persistent=False)
+        self.dense = E_MAC_PJ * sum(max(row) for row in macs)  # the same cell as a dense ANN
 
-    def forward(self, s0: Tensor, s1: Tensor, size: int, alpha: Tensor | None) -> tuple[Tensor, Tensor, float]:
-        states = [self.pre0(_resize(s0, size)), self.pre1(_resize(s1, size))]
-        costs: list = [E_AC_PJ * s.detach().mean() for s in states]
-        hw = size * size
-        energy, dense = torch.zeros((), device=s1.device), 0.0
+    def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Output spikes and the expected energy (pJ per image and timestep) of the edge ops."""
+        states = [pre(_resize(s, self.size)) for pre, s in ((self.pre0, s0), (self.pre1, s1))]
+        costs = [synaptic_cost(pre[-1], s) for pre, s in zip((self.pre0, self.pre1), states)]
+        energy = torch.zeros((), device=s1.device)
+        e = 0
         for i, node in enumerate(self.nodes):
             current = 0
             for s in self.wiring[i]:
                 op = self.edges[f"{i}_{s}"]
                 w = alpha[edge_index(i, s)] if len(op.names) > 1 else None
                 current = current + op(states[s], w)
-                macs = torch.tensor([float(op_macs(o, self.c, hw)) for o in op.names], device=s1.device)
-                energy = energy + costs[s] * (macs[0] if w is None else (w * macs).sum())
-                dense += E_MAC_PJ * float(macs.max())
+                energy = energy + costs[s] * (self.macs[e, 0] if w is None else (w * self.macs[e]).sum())
+                e += 1
             out = node(current)
             states.append(out)
             costs.append(synaptic_cost(node, out))
-        return torch.cat(states[2:], 2), energy, dense
+        return torch.cat(states[2:], 2), energy
 
 
 class DHSNet(nn.Module):
@@ -164,10 +168,10 @@ class DHSNet(nn.Module):
         for k in range(L):
             for lv in self.levels_at(k):
                 for src, t in ((lv, "same"), (lv - 1, "down")):
-                    if (k - 1, src) not in out_c or not self._transition_allowed(k, src, lv):
+                    if (k - 1, src) not in out_c or not self._transition_allowed(k, src):
                         continue
                     pp = self._prev_prev_level(k, lv, out_c)
-                    self.cells[f"{k}_{lv}_{t}"] = Cell(out_c[(k - 2, pp)], out_c[(k - 1, src)], C * 2 ** lv, edges,
+                    self.cells[f"{k}_{lv}_{t}"] = Cell(out_c[(k - 2, pp)], out_c[(k - 1, src)], C * 2 ** lv, self.sizes[lv], edges,
                                                        [node(k, i) for i in range(steps)], cfg.mix)
                     out_c[(k, lv)] = steps * C * 2 ** lv
         self.num_layers = L
@@ -181,7 +185,7 @@ class DHSNet(nn.Module):
             return [self.path[k]]
         return list(range(min(k + 2, self.cfg.levels)))
 
-    def _transition_allowed(self, k: int, src: int, lv: int) -> bool:
+    def _transition_allowed(self, k: int, src: int) -> bool:
         if self.path is None:
             return True
         return (self.path[k - 1] if k > 0 else 0) == src
@@ -214,17 +218,18 @@ class DHSNet(nn.Module):
             for lv in self.levels_at(k):
                 total = None
                 for src, t in ((lv, "same"), (lv - 1, "down")):
-                    cell = self.cells[f"{k}_{lv}_{t}"] if f"{k}_{lv}_{t}" in self.cells else None
-                    if cell is None:
+                    key = f"{k}_{lv}_{t}"
+                    if key not in self.cells:
                         continue
+                    cell = self.cells[key]
                     w = trans[k, src, 0 if t == "same" else 1] if trans is not None else torch.ones((), device=x.device)
                     s0 = states[(k - 2, self._prev_prev_level(k, lv, states))]
-                    out, e, d = cell(s0, states[(k - 1, src)], self.sizes[lv], alpha)
+                    out, e = cell(s0, states[(k - 1, src)], alpha)
                     p = prob[(k - 1, src)] * w
                     total = w * out if total is None else total + w * out
                     prob[(k, lv)] = prob.get((k, lv), 0) + p
                     energy = energy + p * e
-                    dense += float(p.detach()) * d
+                    dense += float(p.detach()) * cell.dense
                 states[(k, lv)] = total
         self.energy, self.dense_energy = energy, max(dense, 1e-12)
         last = self.num_layers - 1

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..errors import SpikeSearchError
 from ..metrics import E_AC_PJ, E_MAC_PJ
 from ..surrogate import SURROGATES, Surrogate, _Spike
-from .ops import dhs_lif
+from .ops import DHS_TAU, dhs_lif
 
 DSPIKE = SURROGATES.get("dspike")
 
@@ -64,7 +64,7 @@ class NeuronChoice:
     """One candidate (or the derived choice) of a node: ``kind`` 'lif' (with tau) or 'ann'."""
 
     kind: str = "lif"
-    tau: float = 1.25
+    tau: float = DHS_TAU
     b: float = 3.0
 
     def to_json(self) -> dict:
@@ -77,7 +77,7 @@ class NeuronChoice:
             raise SpikeSearchError(f"node kind must be 'lif' or 'ann', got {kind!r}")
         if kind == "ann":
             return cls("ann")
-        tau, b = float(d.get("tau", 1.25)), float(d.get("b", 3.0))
+        tau, b = float(d.get("tau", DHS_TAU)), float(d.get("b", 3.0))
         if tau <= 1 or b <= 0:
             raise SpikeSearchError(f"node {d}: tau must be > 1 and b > 0")
         return cls("lif", tau, b)
@@ -109,8 +109,7 @@ class NodeMix(nn.Module):
         w = self.weights()
         outs = [n(current) for n in self.neurons]
         # expected energy of one synaptic op fed by this node: an AC per spike, a MAC per analog value
-        self.cost = sum(wk * (E_MAC_PJ if c.kind == "ann" else E_AC_PJ * o.detach().mean())
-                        for wk, c, o in zip(w, self.choices, outs))
+        self.cost = sum(wk * synaptic_cost(n, o) for wk, n, o in zip(w, self.neurons, outs))
         return sum(wk * o for wk, o in zip(w, outs))
 
     def best(self) -> int:

@@ -133,7 +133,8 @@ def run_search(model: DHSNet, data: ImageSet, augment: Augment, cfg: SearchConfi
     train_set, val_set = split(data, cfg.train_portion, cfg.seed)
     train = BatchLoader(train_set, cfg.batch_size, augment, True, device, cfg.seed)
     val = BatchLoader(val_set, cfg.batch_size, augment, True, device, cfg.seed + 1)
-    w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    weights = model.weight_parameters()
+    w_opt = torch.optim.SGD(weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, cfg.epochs, eta_min=cfg.lr * 0.01)
     arch = model.arch_parameters()
     a_opt = torch.optim.Adam(arch, lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=cfg.arch_weight_decay) if arch else None
@@ -154,7 +155,7 @@ def run_search(model: DHSNet, data: ImageSet, augment: Augment, cfg: SearchConfi
                 raise SpikeSearchError(f"search loss became {float(loss.detach())} at epoch {epoch + 1}; lower --lr")
             w_opt.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(model.weight_parameters(), cfg.grad_clip)
+            nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
             w_opt.step()
             sums["train_loss"] += float(loss.detach()) * len(y)
             sums["train_acc"] += float((out.argmax(1) == y).sum())
