@@ -6,7 +6,12 @@ from spikesearch import IF, SpikeSearchError, SpikingCNN, TrainConfig, Trainer
 from spikesearch.metrics import SpikeCounter, is_spike_like
 from spikesearch.pipeline import make_loaders
 from spikesearch.run import Run
-from spikesearch.trainer import OPTIMIZERS, load_checkpoint, load_model_weights, seed_everything
+from spikesearch.trainer import (
+    OPTIMIZERS,
+    load_checkpoint,
+    load_model_weights,
+    seed_everything,
+)
 
 
 def loaders(n_train=512, n_test=256, batch=64):

@@ -6,10 +6,12 @@ import sys
 
 import torch
 
+from . import distributed
 from .convert import command as convert_command
 from .datasets import DATASETS
 from .dhs import command as dhs_command
 from .errors import SpikeSearchError
+from .events import SPLITS
 from .models import SpikingCNN
 from .neurons import NEURONS
 from .pipeline import make_loaders, train_and_report
@@ -45,6 +47,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
+    p.add_argument("--event_split", default="number", choices=SPLITS,
+                   help="event datasets (nmnist, dvsgesture, cifar10dvs): T frames of equal event count or equal duration")
 
 
 # --tau sets a LIF's fixed tau and a PLIF's initial tau; IF has none
@@ -54,12 +58,13 @@ TAU_ARGUMENT = {"lif": "tau", "plif": "init_tau"}
 def cmd_train(a: argparse.Namespace) -> dict:
     device = pick_device(a.device)
     seed_everything(a.seed)
-    run = Run(a.name, a.runs_dir)
-    run.save_args(a)
-    train, test, info = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset)
+    train, test, info = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset,
+                                     frames=a.timestep, split_by=a.event_split)
     tau = {TAU_ARGUMENT[a.neuron]: a.tau} if a.neuron in TAU_ARGUMENT else {}
     model = SpikingCNN(info.channels, info.num_classes, info.size, a.widths, a.timestep, a.neuron,
                        surrogate=a.surrogate, **tau)
+    run = Run(a.name, a.runs_dir)  # only after the inputs checked out: a failed command writes nothing
+    run.save_args(a)
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
                       weight_decay=a.weight_decay, scheduler=a.scheduler, seed=a.seed, progress=not a.quiet)
     return train_and_report(model.to(device), train, test, cfg, run, a.timestep,
@@ -73,8 +78,15 @@ def cmd_datasets(a: argparse.Namespace) -> None:
     print("\nneurons:", ", ".join(NEURONS.names()), "  surrogates:", ", ".join(SURROGATES.names()))
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad flags end in one line, like every other error, instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="spikesearch", description="Find, train and convert spiking neural networks.")
+    p = Parser(prog="spikesearch", description="Find, train and convert spiking neural networks.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a small spiking CNN", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -137,13 +149,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         result = args.func(args)
+        speaks = distributed.is_main()  # asked before leave(), after which every rank looks like rank 0
     except SpikeSearchError as e:
         print(f"spikesearch: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("spikesearch: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
-    if isinstance(result, dict):
+    finally:
+        distributed.leave()
+    if isinstance(result, dict) and speaks:
         acc = result.get("test_acc")
         if acc is not None:
             print(f"test accuracy: {100 * acc:.2f}%")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import events
 from .errors import SpikeSearchError
 from .registry import Registry
 
@@ -85,8 +86,9 @@ class DatasetInfo:
     crop_padding: int
     flip: bool
     layout: str  # shown in every "dataset not found" error
-    reader: Callable[[Path | None, "DatasetInfo"], tuple[ImageSet | FileImageSet, ImageSet | FileImageSet]]
+    reader: Callable[..., tuple]  # (root, info) -> (train, test); event sets also take (frames, split_by)
     default_root: str | None = None
+    events: bool = False  # samples are event frames [T, 2, H, W] (counts), not uint8 images
 
 
 DATASETS: Registry[DatasetInfo] = Registry("dataset")
@@ -260,6 +262,18 @@ CIFAR10_STATS = ((0.4913, 0.4821, 0.4465), (0.2470, 0.2434, 0.2615))
 CIFAR100_STATS = ((0.5071, 0.4867, 0.4408), (0.2673, 0.2564, 0.2762))
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 FMNIST_STATS = ((0.2860,), (0.3530,))
+EVENT_STATS = ((0.0, 0.0), (1.0, 1.0))
+
+
+def _event_reader(read: Callable) -> Callable:
+    def reader(root: Path | None, info: DatasetInfo, frames: int, split_by: str):
+        if root is None:
+            raise _missing(info, None, "no --data_dir given")
+        try:
+            return read(root, info.size, frames, split_by)
+        except FileNotFoundError as e:
+            raise _missing(info, root, str(e)) from None
+    return reader
 
 for _info in (
     DatasetInfo("fmnist-small", 10, 1, 28, *FMNIST_STATS, 2, True,
@@ -278,6 +292,16 @@ for _info in (
     DatasetInfo("imagenet", 1000, 3, 224, *IMAGENET_STATS, 0, True,
                 "DIR/{train,val}/<class>/*.JPEG (ImageFolder layout; classes = sorted folder names)",
                 _read_image_folders),
+    # event cameras: counts per polarity, no normalisation, no crop or flip (a flip turns left-hand gestures right)
+    DatasetInfo("nmnist", 10, 2, 34, *EVENT_STATS, 0, False, "DIR/{Train,Test}/<digit>/*.bin (N-MNIST, ATIS .bin)",
+                _event_reader(events.nmnist), events=True),
+    DatasetInfo("dvsgesture", 11, 2, 128, *EVENT_STATS, 0, False,
+                "DIR[/DvsGesture]/{trials_to_train.txt, trials_to_test.txt, userNN_<lighting>.aedat, "
+                "userNN_<lighting>_labels.csv} (original DVS128 Gesture release, AEDAT 3.1)",
+                _event_reader(events.dvsgesture), events=True),
+    DatasetInfo("cifar10dvs", 10, 2, 128, *EVENT_STATS, 0, False,
+                "DIR/<class>/*.aedat for the 10 CIFAR-10 classes (original CIFAR10-DVS release, AEDAT 2)",
+                _event_reader(events.cifar10dvs), events=True),
 ):
     DATASETS.add(_info.name, _info)
 
@@ -286,11 +310,17 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS.get(name)
 
 
-def load_dataset(name: str, root: str | Path | None = None):
-    """Return ``(train, test, info)``. ``root`` defaults to the dataset's standard path, if it has one."""
+def load_dataset(name: str, root: str | Path | None = None, frames: int | None = None, split_by: str = "number"):
+    """Return ``(train, test, info)``. ``root`` defaults to the dataset's standard path, if it has one.
+    Event datasets are binned into ``frames`` frames per sample (see ``events.to_frames``)."""
     info = dataset_info(name)
     root = Path(root) if root else (Path(info.default_root) if info.default_root else None)
     if root is not None and not root.exists():
         raise _missing(info, None, f"{root} does not exist")
-    train, test = info.reader(root, info)
+    if not info.events:
+        train, test = info.reader(root, info)
+    elif frames is None:
+        raise SpikeSearchError(f"{name} is an event dataset: it needs the number of frames per sample")
+    else:
+        train, test = info.reader(root, info, frames, split_by)
     return train, test, info

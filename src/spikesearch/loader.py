@@ -11,24 +11,30 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from . import distributed
 from .datasets import DatasetInfo, FileImageSet, ImageSet
 from .errors import SpikeSearchError
 
 
 class Augment:
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], crop_padding: int = 0, flip: bool = False) -> None:
-        self.mean, self.std, self.crop_padding, self.flip = mean, std, crop_padding, flip
+    """``scale`` maps stored values to [0, 1] before normalising: 255 for uint8 images, 1 for event counts."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], crop_padding: int = 0, flip: bool = False,
+                 scale: float = 255.0) -> None:
+        self.mean, self.std, self.crop_padding, self.flip, self.scale = mean, std, crop_padding, flip, scale
 
     @classmethod
     def for_dataset(cls, info: DatasetInfo) -> "Augment":
-        return cls(info.mean, info.std, info.crop_padding, info.flip)
+        return cls(info.mean, info.std, info.crop_padding, info.flip, 1.0 if info.events else 255.0)
 
     def normalise(self, x: Tensor) -> Tensor:
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x.float() / 255.0 - mean) / std
+        return (x.float() / self.scale - mean) / std
 
     def __call__(self, x: Tensor, train: bool, generator: torch.Generator | None = None) -> Tensor:
+        if x.dim() == 5:  # event frames [B, T, 2, H, W] -> the models' time-major [T, B, 2, H, W]
+            return self.normalise(x).transpose(0, 1)
         if train and self.crop_padding:
             x = self.random_crop(x, generator)
         x = self.normalise(x)
@@ -64,6 +70,7 @@ class BatchLoader:
         device: torch.device | str = "cpu",
         seed: int = 0,
         num_workers: int = 2,
+        shard: bool = False,
     ) -> None:
         if batch_size <= 0:
             raise SpikeSearchError(f"batch size must be positive, got {batch_size}")
@@ -72,17 +79,21 @@ class BatchLoader:
         self.data, self.batch_size, self.augment, self.train = data, batch_size, augment, train
         self.device = torch.device(device)
         self.num_workers = num_workers
+        # under torchrun a training loader yields only this rank's share (see ``distributed``)
+        self.rank, self.world = distributed.rank_world() if shard else (0, 1)
         # The generator lives on the device so crops/flips are drawn there; its state is checkpointed.
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
     def __len__(self) -> int:
-        return (len(self.data) + self.batch_size - 1) // self.batch_size
+        return (len(self.data) // self.world + self.batch_size - 1) // self.batch_size
 
     def _order(self) -> Tensor:
         if not self.train:
-            return torch.arange(len(self.data))
-        return torch.randperm(len(self.data), generator=self.generator, device=self.device).cpu()
+            order = torch.arange(len(self.data))
+        else:  # every rank draws the same permutation from the same generator state
+            order = torch.randperm(len(self.data), generator=self.generator, device=self.device).cpu()
+        return order[: len(order) - len(order) % self.world][self.rank::self.world]
 
     def _raw_batches(self, order: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
         if isinstance(self.data, ImageSet):

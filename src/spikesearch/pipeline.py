@@ -13,11 +13,12 @@ from .trainer import TrainConfig, Trainer, evaluate
 
 
 def make_loaders(dataset: str, data_dir: str | None, batch_size: int, device: torch.device, seed: int,
-                 train_subset: int | None = None, test_subset: int | None = None, eval_batch_size: int = 256
-                 ) -> tuple[BatchLoader, BatchLoader, DatasetInfo]:
-    train, test, info = load_dataset(dataset, data_dir)
+                 train_subset: int | None = None, test_subset: int | None = None, eval_batch_size: int = 256,
+                 frames: int | None = None, split_by: str = "number") -> tuple[BatchLoader, BatchLoader, DatasetInfo]:
+    """Train (sharded under torchrun) and test loaders; ``frames``/``split_by`` bin event datasets."""
+    train, test, info = load_dataset(dataset, data_dir, frames, split_by)
     aug = Augment.for_dataset(info)
-    return (BatchLoader(train.subset(train_subset), batch_size, aug, True, device, seed),
+    return (BatchLoader(train.subset(train_subset), batch_size, aug, True, device, seed, shard=True),
             BatchLoader(test.subset(test_subset), eval_batch_size, aug, False, device, seed), info)
 
 

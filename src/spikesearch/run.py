@@ -1,17 +1,20 @@
 """The run folder: every command writes ``runs/<name>/`` with its config, log, metrics, checkpoints and plots."""
 from __future__ import annotations
 
+import atexit
 import csv
 import dataclasses
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .errors import SpikeSearchError
 
 
@@ -44,20 +47,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 class Run:
+    """``path`` is the run folder every process reads from (checkpoints to resume). Under torchrun only
+    rank 0 writes it: the other ranks' ``file()`` points into a private temporary folder, deleted at exit,
+    so the commands need no rank checks of their own."""
+
     def __init__(self, name: str, root: str | Path = "runs", quiet: bool = False) -> None:
         self.path = Path(root) / name
-        self.quiet = quiet
+        self.main = distributed.is_main()
+        self.quiet = quiet or not self.main
+        self._out = self.path
+        if not self.main:
+            self._out = Path(tempfile.mkdtemp(prefix=f"spikesearch-rank{distributed.rank_world()[0]}-"))
+            atexit.register(shutil.rmtree, self._out, ignore_errors=True)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write_test"
+            probe = self._out / f".write_test{os.getpid()}"
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
             raise SpikeSearchError(f"cannot write the run folder {self.path}: {e.strerror or e}") from None
-        self._log = open(self.path / "log.txt", "a", buffering=1)
+        self._log = open(self._out / "log.txt", "a", buffering=1)
 
     def file(self, name: str) -> Path:
-        return self.path / name
+        return self._out / name
 
     def log(self, msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import distributed
 from .errors import SpikeSearchError
 from .loader import BatchLoader
 from .neurons import reset
@@ -74,11 +75,14 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The compute device; under torchrun also joins the process group (see ``distributed``)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif name.startswith("cuda") and not torch.cuda.is_available():
         raise SpikeSearchError(f"device {name!r} requested but no CUDA GPU is visible")
-    return torch.device(name)
+    else:
+        device = torch.device(name)
+    return distributed.join(device)
 
 
 def _rng_state() -> dict:
@@ -150,6 +154,11 @@ class Trainer:
         self.model, self.train_loader, self.test_loader, self.cfg, self.run = model, train, test, cfg, run
         self.device = train.device
         self.amp = cfg.amp and self.device.type == "cuda"
+        # the forward/backward goes through DDP under torchrun; evaluation and checkpoints use the bare model
+        self.net = model
+        if distributed.active():
+            self.net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = OPTIMIZERS.get(cfg.optimizer)(model.parameters(), cfg)
         self.scheduler = SCHEDULERS.get(cfg.scheduler)(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -158,6 +167,7 @@ class Trainer:
         self.start_epoch = 0
         self.ckpt_dir = run.file("checkpoints")
         self.ckpt_dir.mkdir(exist_ok=True)
+        self.resume_path = run.path / "checkpoints" / "last.pt"  # every rank resumes from rank 0's file
 
     # --- checkpoints -------------------------------------------------------------------------------
     def state_dict(self, epoch: int) -> dict:
@@ -175,7 +185,7 @@ class Trainer:
             atomic_write_bytes(self.ckpt_dir / "best.pt", buf.getvalue())
 
     def resume(self) -> bool:
-        path = self.ckpt_dir / "last.pt"
+        path = self.resume_path
         if not path.is_file():
             return False
         ck = load_checkpoint(path)  # on the CPU: RNG states must stay CPU tensors; weights are copied over
@@ -203,9 +213,11 @@ class Trainer:
         for i, (x, y) in enumerate(bar):
             reset(self.model)
             with torch.autocast(self.device.type, enabled=self.amp):
-                out = self.model(x)
+                out = self.net(x)
                 loss = nn.functional.cross_entropy(out.float(), y)
-            loss_value = float(loss.detach())
+            local_loss = float(loss.detach())
+            # averaged over ranks so that every rank sees a NaN on any one and all stop together
+            loss_value = distributed.all_sum([local_loss], self.device)[0] / distributed.rank_world()[1]
             if not math.isfinite(loss_value):
                 raise SpikeSearchError(
                     f"loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}; stopped. The last good "
@@ -214,11 +226,12 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            loss_sum += loss_value * len(y)
+            loss_sum += local_loss * len(y)
             correct += int((out.argmax(1) == y).sum())
             n += len(y)
             bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{100 * correct / n:.1f}%")
         reset(self.model)
+        loss_sum, correct, n = distributed.all_sum([loss_sum, correct, n], self.device)
         return loss_sum / n, correct / n
 
     def fit(self, resume: bool = False) -> dict:
@@ -241,7 +254,8 @@ class Trainer:
             is_best = row["test_acc"] is not None and row["test_acc"] > self.best_acc
             if is_best:
                 self.best_acc = row["test_acc"]
-            self.save(epoch, is_best)
+            if self.run.main:
+                self.save(epoch, is_best)
             self.run.save_csv("metrics.csv", self.CSV_FIELDS, ([h[k] for k in self.CSV_FIELDS] for h in self.history))
             if writer is not None:
                 for k in ("lr", "train_loss", "train_acc", "test_loss", "test_acc"):
@@ -253,11 +267,14 @@ class Trainer:
                          f"acc {100 * train_acc:.2f}%{test} ({row['seconds']:.1f}s)")
         if writer is not None:
             writer.close()
+        distributed.barrier()  # rank 0's last checkpoint is on disk before any rank reads it back
         final = self.history[-1] if self.history else {}
         return {"epochs": self.cfg.epochs, "final_test_acc": final.get("test_acc"),
                 "best_test_acc": self.best_acc if self.best_acc >= 0 else None, "history": self.history}
 
     def _tensorboard(self):
+        if not self.run.main:
+            return None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:

@@ -8,11 +8,19 @@ from pathlib import Path
 import torch
 
 from ..errors import SpikeSearchError
+from ..events import SPLITS
 from ..loader import BatchLoader
 from ..pipeline import make_loaders, train_and_report
 from ..plots import plot_accuracy_vs_timestep, plot_spike_report
 from ..run import Run, atomic_write_bytes
-from ..trainer import TrainConfig, evaluate, load_checkpoint, load_model_weights, pick_device, seed_everything
+from ..trainer import (
+    TrainConfig,
+    evaluate,
+    load_checkpoint,
+    load_model_weights,
+    pick_device,
+    seed_everything,
+)
 from .converter import ConvertConfig, convert, evaluate_snn
 from .qcfs import init_thresholds
 from .vgg import ARCHS, VGG, VGGConfig
@@ -36,25 +44,27 @@ def cmd_train_ann(a: argparse.Namespace) -> dict:
     device = pick_device(a.device)
     seed_everything(a.seed)
     name, root = _split_run_dir(a.job_dir)
-    run = Run(name, root)
     recipe = a.recipe or ("short" if a.dataset == "fmnist-small" else "binary" if a.binary else "fp")
     params = dict(RECIPES[recipe])
     for key, flag in (("epochs", a.epochs), ("lr", a.lr), ("batch_size", a.batch_size)):
         if flag is not None:
             params[key] = flag
     cfg = TrainConfig(seed=a.seed, progress=not a.quiet, **params)
-    run.save_args(a, recipe=recipe)
-    train, test, info = make_loaders(a.dataset, a.data_dir, cfg.batch_size, device, a.seed, a.train_subset, a.test_subset)
+    cfg.validate()
+    train, test, info = make_loaders(a.dataset, a.data_dir, cfg.batch_size, device, a.seed, a.train_subset, a.test_subset,
+                                     frames=a.frames, split_by=a.event_split)
     vcfg = VGGConfig(arch=a.arch, num_classes=info.num_classes, in_channels=info.channels, image_size=info.size,
                      width=a.width, batchnorm=a.batchnorm, binary=a.binary, activation=a.activation, levels=a.levels)
     model = VGG(vcfg).to(device)
+    run = Run(name, root)  # only after the inputs checked out: a failed command writes nothing
+    run.save_args(a, recipe=recipe)
     if a.activation == "qcfs":
         first = next(iter(BatchLoader(train.data.subset(512), 512, train.augment, False, device)))[0]
         lams = init_thresholds(model, first)
         run.log(f"QCFS thresholds initialised from the 99.9th percentile of 512 images: {[round(v, 3) for v in lams]}")
     kind = f"{'binary' if a.binary else 'full-precision'} {a.arch}{' +BN' if a.batchnorm else ''} ({a.activation})"
     result = train_and_report(model, train, test, cfg, run, 1, f"{kind} ANN on {a.dataset}", resume=a.resume)
-    best = load_checkpoint(run.file("checkpoints") / "best.pt", device)
+    best = load_checkpoint(run.path / "checkpoints" / "best.pt", device)
     buf = io.BytesIO()
     torch.save({"model": best["model"], "meta": model.meta(), "test_acc": result["best_test_acc"]}, buf)
     atomic_write_bytes(run.file("model.pt"), buf.getvalue())
@@ -83,11 +93,11 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     device = pick_device("cuda" if a.gpu else "cpu")
     seed_everything(a.seed)
     name, root = _split_run_dir(a.job_dir)
-    run = Run(name, root)
-    run.save_args(a)
     train, test, info = make_loaders(a.dataset, a.data, a.batch_size, device, a.seed, None, a.eval_size,
-                                     eval_batch_size=a.batch_size)
+                                     eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
     ann = load_vgg(a.model, a, info).to(device).eval()
+    run = Run(name, root)  # only after the inputs checked out: a failed command writes nothing
+    run.save_args(a)
     _, ann_acc = evaluate(ann, test)
     # normalisation images: the first --norm training images, un-augmented (the official code used the
     # train transforms with dropout active; both inflate the percentile)
@@ -127,6 +137,8 @@ def add_model_flags(p: argparse.ArgumentParser, positive_int) -> None:
     p.add_argument("--batchnorm", action="store_true", help="BN after each conv, folded before conversion")
     p.add_argument("--activation", default="relu", choices=["relu", "qcfs"], help="qcfs: low-latency conversion")
     p.add_argument("--levels", type=positive_int, default=8, help="QCFS quantization levels L")
+    p.add_argument("--frames", type=positive_int, default=10,
+                   help="event datasets: frames per sample (the ANN sees their mean, the SNN replays them)")
 
 
 def add_train_ann_arguments(p: argparse.ArgumentParser, positive_int, nonneg_float) -> None:
@@ -163,6 +175,7 @@ def add_convert_arguments(p: argparse.ArgumentParser, positive_int, nonneg_float
     p.add_argument("--eval_size", "--eval-size", dest="eval_size", type=positive_int, default=None,
                    help="simulate only the first N test images")
     p.add_argument("--dataset", default="fmnist-small")
+    p.add_argument("--event_split", default="number", choices=SPLITS, help="event datasets: bin by event count or by time")
     p.add_argument("--channel-wise", "--channel_wise", dest="channel_wise", action="store_true",
                    help="one threshold per channel instead of per layer")
     p.add_argument("--v-init", "--v_init", dest="v_init", type=float, default=None,

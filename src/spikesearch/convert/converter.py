@@ -158,13 +158,15 @@ class SpikingNet(nn.Module):
 
     @torch.no_grad()
     def simulate(self, x: Tensor, timesteps: int, one_step: bool = False) -> Tensor:
-        """Cumulative output current after each step, ``[T, B, classes]``."""
+        """Cumulative output current after each step, ``[T, B, classes]``. Event frames ``[F, B, C, H, W]``
+        are replayed in a loop: step t reads frame t mod F."""
         reset(self)
+        frames = x if x.dim() == 5 else x.unsqueeze(0)
         layers = [*self.stages, self.output]
         outs, total = [], 0.0
         if one_step:
-            for _ in range(timesteps):
-                h = x
+            for t in range(timesteps):
+                h = frames[t % len(frames)]
                 for layer in layers:
                     h = layer(h)
                 total = total + h
@@ -172,15 +174,16 @@ class SpikingNet(nn.Module):
             return torch.stack(outs)
         # synchronous: every layer reads its source's output of the previous step (zeros at t=0), and a
         # conv+pool stage reads it one step later still (the pass-through node between conv and pool)
+        x = frames[0]
         prev, h = [], x
         for layer in layers:
             h = layer[:-1](h) if layer is not self.output else layer(h)
             prev.append(torch.zeros_like(h))
         held = [torch.zeros_like(x if i == 0 else prev[i - 1]) if d else None for i, d in enumerate(self.pool_delay)]
-        for _ in range(timesteps):
+        for t in range(timesteps):
             new = []
             for i, layer in enumerate(layers):
-                inp = x if i == 0 else prev[i - 1]
+                inp = frames[t % len(frames)] if i == 0 else prev[i - 1]
                 if self.pool_delay[i]:
                     inp, held[i] = held[i], inp
                 new.append(layer(inp))
@@ -193,6 +196,7 @@ class SpikingNet(nn.Module):
 def convert(ann: nn.Module, batches: list[Tensor], cfg: ConvertConfig = ConvertConfig()) -> tuple[SpikingNet, list[Tensor]]:
     """Convert ``ann`` (eval mode) using ``batches`` of normalisation images; returns the SNN and lam_l."""
     cfg.validate()
+    batches = [b.mean(0) if b.dim() == 5 else b for b in batches]  # event frames: the ANN's view is their mean
     ann.eval()
     stages = split_stages(ann)
     acts = [act for _, act in stages if act is not None]

@@ -78,6 +78,8 @@ class VGG(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 5:  # event frames [T, B, C, H, W]: an ANN sees their mean
+            x = x.mean(0)
         return self.classifier(self.features(x))
 
     def meta(self) -> dict:

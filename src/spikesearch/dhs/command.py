@@ -63,13 +63,13 @@ def cmd_search(a: argparse.Namespace) -> dict:
     fill_preset(a)
     device = pick_device(a.device)
     seed_everything(a.seed)
-    run = Run(a.name, a.runs_dir)
-    run.save_args(a)
-    train, _, info = load_dataset(a.dataset, a.data_dir)
     cfg = _model_config(a)
+    train, _, info = load_dataset(a.dataset, a.data_dir, cfg.timesteps, a.event_split)
     if not (cfg.search_cell or cfg.search_layer or cfg.dgs or cfg.tps or cfg.hns):
         raise SpikeSearchError("nothing to search: every one of cell, layer, DGS, TPS and HNS search is off")
     model = DHSNet(cfg, info.channels, info.num_classes, info.size).to(device)
+    run = Run(a.name, a.runs_dir)  # only after the inputs checked out: a failed command writes nothing
+    run.save_args(a)
     scfg = SearchConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, arch_lr=a.arch_lr, energy_weight=a.energy_weight,
                         arch_start_epoch=a.arch_start_epoch, dgs_steps=a.dgs_steps, dgs_every=a.dgs_every, seed=a.seed)
     searched = [n for n, on in (("cell", cfg.search_cell), ("layer", cfg.search_layer), ("DGS", cfg.dgs),
@@ -136,12 +136,13 @@ def cmd_train(a: argparse.Namespace) -> dict:
     fill_preset(a)
     device = pick_device(a.device)
     seed_everything(a.seed)
-    run = Run(a.name, a.runs_dir)
-    run.save_args(a)
     cfg = DHSConfig(levels=int(saved.get("levels", max(g.path) + 1)), mix=saved.get("mix", "membrane"), stem_stride=a.stem_stride,
                     channels=a.train_channels, timesteps=a.timestep)
-    train, test, info = make_loaders(a.dataset, a.data_dir, a.train_batch_size, device, a.seed, a.train_subset, a.test_subset)
+    train, test, info = make_loaders(a.dataset, a.data_dir, a.train_batch_size, device, a.seed, a.train_subset, a.test_subset,
+                                     frames=cfg.timesteps, split_by=a.event_split)
     model = DHSNet(cfg, info.channels, info.num_classes, info.size, genotype=g).to(device)
+    run = Run(a.name, a.runs_dir)  # only after the inputs checked out: a failed command writes nothing
+    run.save_args(a)
     g.save(run.file("genotype.json"))
     plot_genotype(g, cfg.levels, run.file("genotype.png"), f"genotype {a.genotype}")
     tcfg = TrainConfig(epochs=a.train_epochs, batch_size=a.train_batch_size, optimizer=a.optimizer, lr=a.train_lr,

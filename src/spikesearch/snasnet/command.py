@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -9,8 +11,16 @@ import torch
 from ..errors import SpikeSearchError
 from ..pipeline import make_loaders, report, train_and_report
 from ..run import Run
-from ..trainer import TrainConfig, load_checkpoint, load_model_weights, pick_device, seed_everything
-from .network import SNASNet, macro_config
+from ..surrogate import make_surrogate
+from ..trainer import (
+    TrainConfig,
+    load_checkpoint,
+    load_model_weights,
+    pick_device,
+    seed_everything,
+)
+from .network import macro_config
+from .parallel import BACKENDS, SNASNetBuilder, WorkerPool
 from .plots import plot_cell, plot_scores
 from .score import ScoreConfig
 from .search import SearchConfig, ranking, run_search
@@ -57,17 +67,20 @@ def run_snasnet(a: argparse.Namespace) -> dict:
     device = pick_device(a.device)
     seed_everything(a.seed)
     fill_recipe(a)
-    run = Run(a.exp_name, a.runs_dir)
-    run.save_args(a)
     macro = macro_config(a.dataset, second_avgpooling=a.second_avgpooling)
-    train, test, _ = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset)
-
-    def build(mat: np.ndarray) -> SNASNet:
-        return SNASNet(mat, a.celltype, macro, a.timestep, a.tau, a.threshold, a.surrogate).to(device)
+    make_surrogate(a.surrogate)  # a bad name fails here, before anything is written
+    train, test, _ = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset,
+                                  frames=a.timestep, split_by=a.event_split)
+    mat = parse_cnt_mat(a.cnt_mat) if a.cnt_mat else None
+    if a.ray_address and not a.workers:
+        raise SpikeSearchError("--ray-address needs --workers N (how many candidate shards run at once)")
+    saved = load_checkpoint(a.savemodel_pth, device) if a.savemodel_pth else None
+    run = Run(a.exp_name, a.runs_dir)  # only after the inputs checked out: a failed command writes nothing
+    run.save_args(a)
+    build = SNASNetBuilder(a.celltype, macro, a.timestep, a.tau, a.threshold, a.surrogate, str(device))
 
     result: dict = {"dataset": a.dataset, "celltype": a.celltype, "timesteps": a.timestep}
-    if a.cnt_mat:
-        mat = parse_cnt_mat(a.cnt_mat)
+    if mat is not None:
         if a.celltype == "forward" and np.any(np.tril(mat, -1)):
             run.log(f"note: --celltype forward ignores the backward (lower-triangle) entries of {format_cnt_mat(mat)}")
         mat = check_matrix(mat, a.celltype)
@@ -76,22 +89,28 @@ def run_snasnet(a: argparse.Namespace) -> dict:
                                 batch_size=a.score_batch, repeats=a.score_repeats, augment=a.score_augment)
         cfg = SearchConfig(num_search=a.num_search, celltype=a.celltype, strategy=a.strategy, seed=a.seed, score=score_cfg)
         batches = scoring_batches(train, score_cfg, a.seed)
+        pool = None
+        if a.workers:  # workers score on the CPU, each with its share of the cores (or a Ray node's)
+            pool = WorkerPool(replace(build, device="cpu"), batches, cfg, a.workers, a.parallel, a.ray_address)
         csv_path = run.file("search.csv")
         if not a.resume:
             csv_path.unlink(missing_ok=True)  # --resume replays it; a fresh run starts over
         run.log(f"searching {a.num_search} {a.celltype} candidates ({a.strategy}) on {a.dataset}, "
-                f"{score_cfg.repeats} fixed batches of {score_cfg.batch_size}")
-        history = run_search(build, batches, cfg, csv_path, progress=not a.quiet)
+                f"{score_cfg.repeats} fixed batches of {score_cfg.batch_size}"
+                + (f", {a.workers} {pool.backend} workers" if pool else ""))
+        t0 = time.perf_counter()
+        history = run_search(build, batches, cfg, csv_path, progress=not a.quiet, pool=pool)
+        wall = time.perf_counter() - t0  # with workers, candidates overlap: throughput is per wall-clock second
         ranked = ranking(history)
-        secs = sum(c.seconds for c in history)
         print_table(ranked, a.top_k, run)
         mat = parse_cnt_mat(ranked[0].cnt_mat)
         plot_scores(history, run.file("search_scores.png"))
-        result["search"] = {"candidates": len(history), "unique": len(ranked), "seconds": secs,
-                            "candidates_per_second": len(history) / max(secs, 1e-9),
+        result["search"] = {"candidates": len(history), "unique": len(ranked),
+                            "scoring_seconds": sum(c.seconds for c in history), "wall_seconds": wall,
+                            "workers": a.workers or 1, "candidates_per_second": len(history) / max(wall, 1e-9),
                             "best": ranked[0].cnt_mat, "best_score": ranked[0].score}
         run.log(f"best cell: --cnt_mat {ranked[0].cnt_mat} (score {ranked[0].score:.3f}); "
-                f"{len(history) / max(secs, 1e-9):.2f} candidates/s")
+                f"{len(history) / max(wall, 1e-9):.2f} candidates/s")
     result["cnt_mat"] = format_cnt_mat(mat)
     plot_cell(mat, run.file("cell.png"), f"{a.celltype} cell  --cnt_mat {format_cnt_mat(mat)}")
     if a.search_only:
@@ -101,8 +120,8 @@ def run_snasnet(a: argparse.Namespace) -> dict:
     seed_everything(a.seed)
     model = build(mat)
     title = f"SNASNet {format_cnt_mat(mat)} ({a.celltype}) on {a.dataset}"
-    if a.savemodel_pth:
-        load_model_weights(model, load_checkpoint(a.savemodel_pth, device), a.savemodel_pth)
+    if saved is not None:
+        load_model_weights(model, saved, a.savemodel_pth)
         result.update(report(model, test, run, a.timestep, title))
         run.save_json("results.json", result)
         return result
@@ -148,6 +167,12 @@ def add_arguments(p: argparse.ArgumentParser, positive_int, nonneg_float) -> Non
     s.add_argument("--score_alpha", type=nonneg_float, default=0.5)
     s.add_argument("--score_augment", action="store_true", help="score on augmented batches (official behaviour)")
     s.add_argument("--top_k", type=positive_int, default=10)
+    s.add_argument("--workers", type=positive_int, default=None,
+                   help="score candidate shards in parallel (random search): Ray tasks or local processes")
+    s.add_argument("--parallel", default="auto", choices=BACKENDS,
+                   help="auto: Ray if --ray-address is given or Ray is installed, else local processes")
+    s.add_argument("--ray-address", "--ray_address", dest="ray_address", default=None,
+                   help="connect to this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local one")
     s.add_argument("--search_only", action="store_true")
     o = p.add_argument_group("run options")
     o.add_argument("--surrogate", default="atan:2", help="name[:alpha], e.g. atan:2, sigmoid:4, triangle:1")

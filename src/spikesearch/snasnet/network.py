@@ -119,6 +119,10 @@ PRESETS: dict[str, MacroConfig] = {
     # The bundled 28x28 grayscale data: same structure, widths cut so 2 CPU cores train it in minutes.
     "fmnist-small": MacroConfig(1, 10, 28, 16, 32, 1, 256, 100),
     "fashion-mnist": MacroConfig(1, 10, 28, 32, 64, 1, 512, 100),
+    # event cameras (2 polarity channels): the 128px sensors get a stride-4 stem, as tinyimagenet's stride 2
+    "nmnist": MacroConfig(2, 10, 34, 32, 64, 1, 512, 100),
+    "dvsgesture": MacroConfig(2, 11, 128, 64, 128, 4, 1024, 110),
+    "cifar10dvs": MacroConfig(2, 10, 128, 64, 128, 4, 1024, 100),
 }
 
 

@@ -45,13 +45,22 @@ class Candidate:
     duplicate: bool
 
 
+def score_candidate(build: Callable[[np.ndarray], nn.Module], batches: list[Tensor], cfg: SearchConfig,
+                    key: str) -> float:
+    """Score one candidate with weights seeded from (seed, cnt_mat): the same number in any process, in any order."""
+    torch.manual_seed(zlib.crc32(f"{cfg.seed}:{key}".encode()))
+    return score_model(build(parse_cnt_mat(key)), batches, cfg.score)
+
+
 class Scorer:
-    """Scores matrices with a cache (duplicates and resumed rows cost nothing) and logs each to CSV."""
+    """Scores matrices with a cache (duplicates and resumed rows cost nothing) and logs each to CSV.
+    ``computed`` holds scores that workers produced elsewhere (``parallel``); they are logged as if scored here."""
 
     def __init__(self, build: Callable[[np.ndarray], nn.Module], batches: list[Tensor], cfg: SearchConfig,
                  csv_path: Path | None, progress: bool = True) -> None:
         self.build, self.batches, self.cfg, self.csv_path = build, batches, cfg, csv_path
         self.cache: dict[str, float] = {}
+        self.computed: dict[str, tuple[float, float]] = {}
         self.replay: list[dict] = []
         self.history: list[Candidate] = []
         if csv_path is not None and csv_path.is_file():
@@ -73,16 +82,22 @@ class Scorer:
         else:
             t0 = time.perf_counter()
             duplicate = key in self.cache
+            seconds = 0.0
             if not duplicate:
-                torch.manual_seed(zlib.crc32(f"{self.cfg.seed}:{key}".encode()))
-                self.cache[key] = score_model(self.build(mat), self.batches, self.cfg.score)
-            cand = Candidate(idx, key, self.cache[key], time.perf_counter() - t0, duplicate)
+                if key in self.computed:
+                    self.cache[key], seconds = self.computed.pop(key)
+                else:
+                    self.cache[key] = score_candidate(self.build, self.batches, self.cfg, key)
+            cand = Candidate(idx, key, self.cache[key], seconds or time.perf_counter() - t0, duplicate)
             self._append(cand)
         self.history.append(cand)
         self.bar.update(1)
         best = max(self.history, key=lambda c: c.score)
         self.bar.set_postfix(best=f"{best.score:.2f}", unique=len(self.cache))
         return cand.score
+
+    def knows(self, key: str) -> bool:
+        return key in self.cache or key in self.computed
 
     def _append(self, c: Candidate) -> None:
         if self.csv_path is None:
@@ -101,8 +116,8 @@ STRATEGIES: Registry[Callable[..., None]] = Registry("search strategy")
 
 @STRATEGIES.register("random")
 def random_search(cfg: SearchConfig, rng: np.random.Generator, score: Callable[[np.ndarray], float]) -> None:
-    for _ in range(cfg.num_search):
-        score(sample_matrix(rng, cfg.celltype))
+    for mat in draw_random(cfg, rng):
+        score(mat)
 
 
 @STRATEGIES.register("evolution")
@@ -120,16 +135,27 @@ def regularized_evolution(cfg: SearchConfig, rng: np.random.Generator, score: Ca
             population.popleft()  # aging: the oldest dies, not the worst
 
 
+def draw_random(cfg: SearchConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """The matrices ``random_search`` visits, drawn up front (for scoring them in parallel)."""
+    return [sample_matrix(rng, cfg.celltype) for _ in range(cfg.num_search)]
+
+
 def run_search(build: Callable[[np.ndarray], nn.Module], batches: list[Tensor], cfg: SearchConfig,
-               csv_path: Path | None = None, progress: bool = True) -> list[Candidate]:
-    """Score ``cfg.num_search`` candidates; returns them in evaluation order."""
+               csv_path: Path | None = None, progress: bool = True, pool=None) -> list[Candidate]:
+    """Score ``cfg.num_search`` candidates; returns them in evaluation order. With a ``pool``
+    (``parallel.WorkerPool``) the unique candidates of a random search are scored by its workers."""
     if cfg.num_search <= 0:
         raise SpikeSearchError(f"--num_search must be positive, got {cfg.num_search}")
     strategy = STRATEGIES.get(cfg.strategy)
     cfg.score.validate()
+    if pool is not None and cfg.strategy != "random":
+        raise SpikeSearchError(f"--workers scores a random search in parallel; {cfg.strategy!r} is sequential by nature")
     scorer = Scorer(build, batches, cfg, csv_path, progress)
     try:
-        strategy(cfg, np.random.default_rng(cfg.seed), scorer)
+        if pool is None:
+            strategy(cfg, np.random.default_rng(cfg.seed), scorer)
+        else:
+            pool.search(draw_random(cfg, np.random.default_rng(cfg.seed)), scorer)
     finally:
         scorer.bar.close()
     return scorer.history
