@@ -62,8 +62,7 @@ def test_parallel_search_resumes_from_its_csv(setup, tmp_path, monkeypatch):
 def test_workers_refuse_sequential_strategies_and_bad_backends(setup):
     build, batches, cfg, _ = setup
     with pytest.raises(SpikeSearchError, match="sequential"):
-        run_search(build, batches, SearchConfig(**{**cfg.__dict__, "strategy": "evolution"}), progress=False,
-                   pool=WorkerPool(build, batches, cfg, 2, "processes"))
+        WorkerPool(build, batches, SearchConfig(**{**cfg.__dict__, "strategy": "evolution"}), 2, "processes")
     with pytest.raises(SpikeSearchError, match="--ray-address needs the Ray backend"):
         WorkerPool(build, batches, cfg, 2, "processes", address="auto")
 

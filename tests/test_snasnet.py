@@ -253,28 +253,6 @@ def test_cli_search_train_evaluate_and_saved_model(tmp_path, capsys):
     assert res_eval["test_acc"] == pytest.approx(res["best_test_acc"])
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["--cnt_mat", "0302", "0030"], "needs 4 rows"),
-    (["--cnt_mat", "0300", "0030", "3003", "0000"], "direct input->output"),
-    (["--dataset", "cifar10", "--data_dir", "/nonexistent"], "Expected layout"),
-    (["--dataset", "svhn"], "no SNASNet preset"),
-    (["--surrogate", "nope", "--cnt_mat", "cifar100_bw"], "unknown surrogate"),
-    (["--cnt_mat", "cifar100_bw", "--savemodel_pth", "/nonexistent.pt"], "does not exist"),
-])
-def test_cli_bad_input_is_one_clear_line(tmp_path, capsys, argv, msg):
-    assert main(["snasnet", "--runs_dir", str(tmp_path), "--quiet", "--num_search", "1", *argv]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and msg in err[0] and err[0].startswith("spikesearch: error:")
-
-
-@pytest.mark.parametrize("argv", [["--timestep", "0"], ["--epochs", "-1"], ["--batch_size", "0"], ["--num_search", "x"]])
-def test_cli_rejects_non_positive_numbers(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["snasnet", *argv])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and ("must be positive" in err or "is not an integer" in err)
-
-
 def _tiny_cifar100(root, n_train=8, n_test=4):
     import pickle
 

@@ -51,10 +51,15 @@ class Events:
         return Events(self.t[keep], self.x[keep], self.y[keep], self.p[keep])
 
 
+def check_nmnist_bin(path: Path) -> None:
+    size = path.stat().st_size
+    if size % 5:
+        raise SpikeSearchError(f"{path}: truncated N-MNIST file ({size} bytes, not a multiple of 5)")
+
+
 def read_nmnist_bin(path: str | Path) -> Events:
+    check_nmnist_bin(Path(path))
     raw = np.fromfile(path, dtype=np.uint8)
-    if len(raw) % 5:
-        raise SpikeSearchError(f"{path}: truncated N-MNIST file ({len(raw)} bytes, not a multiple of 5)")
     raw = raw.reshape(-1, 5).astype(np.int64)
     x, y = raw[:, 0], raw[:, 1]
     p = raw[:, 2] >> 7
@@ -78,15 +83,27 @@ def _skip_header(data: bytes, end_marker: bytes | None = None) -> int:
     return pos
 
 
+def _aedat2_body(path: Path, data: bytes, size: int) -> int:
+    """Offset of the events; checks that the file holds whole (address, timestamp) pairs."""
+    try:
+        start = _skip_header(data)
+    except SpikeSearchError as e:
+        raise SpikeSearchError(f"{path}: {e}") from None
+    if (size - start) % 8:
+        raise SpikeSearchError(f"{path}: truncated AEDAT 2 file ({size - start} bytes of events, not a multiple of 8)")
+    return start
+
+
+def check_aedat2(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)  # the '#' header lines are a few hundred bytes
+    _aedat2_body(path, head, path.stat().st_size)
+
+
 def read_aedat2(path: str | Path) -> Events:
     """CIFAR10-DVS legacy AEDAT (big-endian address/timestamp pairs)."""
     data = Path(path).read_bytes()
-    try:
-        body = data[_skip_header(data):]
-    except SpikeSearchError as e:
-        raise SpikeSearchError(f"{path}: {e}") from None
-    if len(body) % 8:
-        raise SpikeSearchError(f"{path}: truncated AEDAT 2 file ({len(body)} bytes of events, not a multiple of 8)")
+    body = data[_aedat2_body(Path(path), data, len(data)):]
     words = np.frombuffer(body, dtype=">u4").astype(np.int64).reshape(-1, 2)
     addr, t = words[:, 0], words[:, 1]
     x, y, p = (addr & 0xFE) >> 1, (addr & 0x7F00) >> 8, addr & 1
@@ -96,28 +113,45 @@ def read_aedat2(path: str | Path) -> Events:
 POLARITY_EVENT = 1
 
 
+AEDAT3_PACKET = np.dtype("<u2,<u2,<u4,<u4,<u4,<u4,<u4,<u4")  # type, source, size, ts offset, overflow, capacity, number, valid
+
+
+def _aedat3_packets(path: Path, read: Callable[[int, int], bytes], size: int):
+    """Yield (offset of the events, type, event size, count, overflow) per packet; ``read(offset, n)``."""
+    try:
+        pos = _skip_header(read(0, 1 << 16), b"#!END-HEADER")
+    except SpikeSearchError as e:
+        raise SpikeSearchError(f"{path}: {e}") from None
+    while pos < size:
+        if pos + 28 > size:
+            raise SpikeSearchError(f"{path}: truncated AEDAT 3 packet header at byte {pos}")
+        e_type, _src, e_size, _off, overflow, capacity, _num, _valid = np.frombuffer(read(pos, 28), AEDAT3_PACKET)[0]
+        end = pos + 28 + int(capacity) * int(e_size)
+        if end > size or e_size == 0:
+            raise SpikeSearchError(f"{path}: truncated AEDAT 3 packet at byte {pos} ({capacity} x {e_size} bytes announced)")
+        yield pos + 28, int(e_type), int(e_size), int(capacity), int(overflow)
+        pos = end
+
+
+def check_aedat3(path: Path) -> None:
+    with open(path, "rb") as f:
+        def read(offset: int, n: int) -> bytes:
+            f.seek(offset)
+            return f.read(n)
+        for _ in _aedat3_packets(path, read, path.stat().st_size):
+            pass
+
+
 def read_aedat3(path: str | Path) -> Events:
     """AEDAT 3.1 (DVS128 Gesture): polarity-event packets; other packet types are skipped."""
     data = Path(path).read_bytes()
-    try:
-        pos = _skip_header(data, b"#!END-HEADER")
-    except SpikeSearchError as e:
-        raise SpikeSearchError(f"{path}: {e}") from None
     parts: list[np.ndarray] = []
-    while pos < len(data):
-        if pos + 28 > len(data):
-            raise SpikeSearchError(f"{path}: truncated AEDAT 3 packet header at byte {pos}")
-        e_type, _src, e_size, _ts_off, overflow, capacity, _num, _valid = np.frombuffer(
-            data, dtype="<u2,<u2,<u4,<u4,<u4,<u4,<u4,<u4", count=1, offset=pos)[0]
-        end = pos + 28 + int(capacity) * int(e_size)
-        if end > len(data) or e_size == 0:
-            raise SpikeSearchError(f"{path}: truncated AEDAT 3 packet at byte {pos} ({capacity} x {e_size} bytes announced)")
+    for start, e_type, e_size, count, overflow in _aedat3_packets(Path(path), lambda o, n: data[o:o + n], len(data)):
         if e_type == POLARITY_EVENT:
-            ev = np.frombuffer(data, dtype="<u4", count=int(capacity) * int(e_size) // 4, offset=pos + 28)
-            ev = ev.reshape(int(capacity), int(e_size) // 4)[:, :2].astype(np.int64)
-            ev[:, 1] |= int(overflow) << 31
+            ev = np.frombuffer(data, dtype="<u4", count=count * e_size // 4, offset=start)
+            ev = ev.reshape(count, e_size // 4)[:, :2].astype(np.int64)
+            ev[:, 1] |= overflow << 31
             parts.append(ev)
-        pos = end
     ev = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
     word, t = ev[:, 0], ev[:, 1]
     return Events(t, (word >> 17) & 0x7FFF, (word >> 2) & 0x7FFF, (word >> 1) & 1)
@@ -144,12 +178,21 @@ def to_frames(ev: Events, frames: int, size: int, split_by: str = "number") -> n
     return out.reshape(frames, 2, size, size)
 
 
+CHECKS: dict[Callable, Callable[[Path], None]] = {
+    read_nmnist_bin: check_nmnist_bin, read_aedat2: check_aedat2, read_aedat3: check_aedat3}
+
+
 class EventSet(torch.utils.data.Dataset):
     """Samples read and binned on access: ``(frames [T, 2, H, W] float32, label)``. A sample is a
-    (file, start, end) interval; recordings with many samples are parsed once per worker (cached)."""
+    (file, start, end) interval; recordings with many samples are parsed once per worker (cached).
+    Every file's framing is checked up front (sizes and headers, not the events), so a truncated file
+    stops the command before it writes anything."""
 
     def __init__(self, samples: list[tuple[Path, int, int]], labels: list[int], classes: list[str],
-                 reader: Callable[[Path], Events], size: int, frames: int, split_by: str) -> None:
+                 reader: Callable[[Path], Events], size: int, frames: int, split_by: str, check: bool = True) -> None:
+        if check:
+            for path in dict.fromkeys(p for p, _, _ in samples):
+                CHECKS[reader](path)
         if frames <= 0:
             raise SpikeSearchError(f"event frames (T) must be positive, got {frames}")
         if split_by not in SPLITS:
@@ -179,7 +222,7 @@ class EventSet(torch.utils.data.Dataset):
         if n is None or n >= len(self):
             return self
         return EventSet(self.samples[:n], self.labels[:n].tolist(), self.classes, self.reader, self.size,
-                        self.frames, self.split_by)
+                        self.frames, self.split_by, check=False)
 
 
 def _natural(p: Path) -> tuple:

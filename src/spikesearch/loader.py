@@ -104,7 +104,11 @@ class BatchLoader:
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(self.data, order.tolist()), batch_size=self.batch_size,
             shuffle=False, num_workers=self.num_workers)
-        yield from loader
+        try:
+            yield from loader
+        except SpikeSearchError as e:  # from a worker: its message is the last line of the wrapped traceback
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            raise SpikeSearchError(lines[-1].split("SpikeSearchError: ", 1)[-1]) from None
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for x, y in self._raw_batches(self._order()):

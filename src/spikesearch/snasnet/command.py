@@ -71,20 +71,12 @@ def run_snasnet(a: argparse.Namespace) -> dict:
     make_surrogate(a.surrogate)  # a bad name fails here, before anything is written
     train, test, _ = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset,
                                   frames=a.timestep, split_by=a.event_split)
-    mat = parse_cnt_mat(a.cnt_mat) if a.cnt_mat else None
+    given = parse_cnt_mat(a.cnt_mat) if a.cnt_mat else None
+    mat = check_matrix(given, a.celltype) if given is not None else None
     if a.ray_address and not a.workers:
         raise SpikeSearchError("--ray-address needs --workers N (how many candidate shards run at once)")
-    saved = load_checkpoint(a.savemodel_pth, device) if a.savemodel_pth else None
-    run = Run(a.exp_name, a.runs_dir)  # only after the inputs checked out: a failed command writes nothing
-    run.save_args(a)
     build = SNASNetBuilder(a.celltype, macro, a.timestep, a.tau, a.threshold, a.surrogate, str(device))
-
-    result: dict = {"dataset": a.dataset, "celltype": a.celltype, "timesteps": a.timestep}
-    if mat is not None:
-        if a.celltype == "forward" and np.any(np.tril(mat, -1)):
-            run.log(f"note: --celltype forward ignores the backward (lower-triangle) entries of {format_cnt_mat(mat)}")
-        mat = check_matrix(mat, a.celltype)
-    else:
+    if mat is None:
         score_cfg = ScoreConfig(alpha=a.score_alpha, normalise=a.score_norm, aggregate=a.score_aggregate,
                                 batch_size=a.score_batch, repeats=a.score_repeats, augment=a.score_augment)
         cfg = SearchConfig(num_search=a.num_search, celltype=a.celltype, strategy=a.strategy, seed=a.seed, score=score_cfg)
@@ -92,6 +84,20 @@ def run_snasnet(a: argparse.Namespace) -> dict:
         pool = None
         if a.workers:  # workers score on the CPU, each with its share of the cores (or a Ray node's)
             pool = WorkerPool(replace(build, device="cpu"), batches, cfg, a.workers, a.parallel, a.ray_address)
+    model = None
+    if a.savemodel_pth:
+        if mat is None:
+            raise SpikeSearchError("--savemodel_pth evaluates a given cell: add its --cnt_mat")
+        model = build(mat)
+        load_model_weights(model, load_checkpoint(a.savemodel_pth, device), a.savemodel_pth)
+    run = Run(a.exp_name, a.runs_dir)  # only after the inputs checked out: a failed command writes nothing
+    run.save_args(a)
+
+    result: dict = {"dataset": a.dataset, "celltype": a.celltype, "timesteps": a.timestep}
+    if mat is not None:
+        if a.celltype == "forward" and np.any(np.tril(given, -1)):
+            run.log(f"note: --celltype forward ignores the backward (lower-triangle) entries of {format_cnt_mat(given)}")
+    else:
         csv_path = run.file("search.csv")
         if not a.resume:
             csv_path.unlink(missing_ok=True)  # --resume replays it; a fresh run starts over
@@ -117,14 +123,13 @@ def run_snasnet(a: argparse.Namespace) -> dict:
         run.save_json("results.json", result)
         return result
 
-    seed_everything(a.seed)
-    model = build(mat)
     title = f"SNASNet {format_cnt_mat(mat)} ({a.celltype}) on {a.dataset}"
-    if saved is not None:
-        load_model_weights(model, saved, a.savemodel_pth)
+    if model is not None:
         result.update(report(model, test, run, a.timestep, title))
         run.save_json("results.json", result)
         return result
+    seed_everything(a.seed)
+    model = build(mat)
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size,
                        optimizer=a.optimizer, lr=a.learning_rate, momentum=a.momentum, weight_decay=a.weight_decay,
                        scheduler=a.scheduler, seed=a.seed, eval_interval=a.val_interval, progress=not a.quiet)

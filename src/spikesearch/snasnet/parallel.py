@@ -119,6 +119,8 @@ class WorkerPool:
                  backend: str = "auto", address: str | None = None, shards_per_worker: int = 4) -> None:
         if workers < 1:
             raise SpikeSearchError(f"--workers must be positive, got {workers}")
+        if cfg.strategy != "random":
+            raise SpikeSearchError(f"--workers scores a random search in parallel; {cfg.strategy!r} is sequential by nature")
         if backend not in BACKENDS:
             raise SpikeSearchError(f"parallel backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "auto":

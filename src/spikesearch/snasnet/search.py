@@ -148,8 +148,6 @@ def run_search(build: Callable[[np.ndarray], nn.Module], batches: list[Tensor], 
         raise SpikeSearchError(f"--num_search must be positive, got {cfg.num_search}")
     strategy = STRATEGIES.get(cfg.strategy)
     cfg.score.validate()
-    if pool is not None and cfg.strategy != "random":
-        raise SpikeSearchError(f"--workers scores a random search in parallel; {cfg.strategy!r} is sequential by nature")
     scorer = Scorer(build, batches, cfg, csv_path, progress)
     try:
         if pool is None:
