@@ -118,7 +118,7 @@ CASES = {
     "non-integer": (["snasnet", "--num_search", "x"], "is not an integer", None),
     "workers-with-evolution": (["snasnet", "--strategy", "evolution", "--workers", "2", "--num_search", "2"], "sequential", None),
     "nothing-to-search": (["dhs", "search", "--no_cell_search", "--no_layer_search"], "nothing to search", None),
-    "missing-genotype": (["dhs", "train", "--genotype", "DATA/g.json"], "", None),
+    "missing-genotype": (["dhs", "train", "--genotype", "DATA/g.json"], "genotype file", None),
 }
 RUN_OPTION = {"snasnet": ["--exp_name", "keep"], "train": ["--name", "keep"], "dhs": ["--name", "keep"],
               "train-ann": ["--job_dir", "RUNS/keep"], "convert": ["--job_dir", "RUNS/keep"]}
