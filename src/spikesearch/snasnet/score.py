@@ -46,11 +46,11 @@ class ScoreConfig:
 
 
 def hamming_kernel(x: Tensor, cfg: ScoreConfig) -> Tensor:
-    """Kernel of one binary spike map ``x`` [B, N] (float64 result)."""
-    x = (x > 0).to(torch.float32)
+    """Kernel of one spike map ``x`` [B, N] of exact zeros and ones, as every neuron here emits (float64 result)."""
+    x = x.to(torch.float32)  # a no-op for float32 spikes; half-precision counts would not be exact
     n_feat = x.shape[1]
-    ones = x.sum(1, dtype=torch.float64)
     gram = (x @ x.T).double()  # integer counts, exact in float32 below 2^24 features
+    ones = gram.diagonal()  # x_i . x_i = spikes of sample i
     d_h = ones[:, None] + ones[None, :] - 2 * gram
     if cfg.normalise == "none":
         return n_feat - d_h
