@@ -64,7 +64,8 @@ def main() -> None:
             table = (ROOT / cmd[cmd.index("--out") + 1] / "table.md").read_text()
             sections.append(f"### {name}\n\nCommand: `{line}`\n\n{table}")
     stamp = datetime.date.today().isoformat()
-    header = (f"# Benchmarks\n\nWritten by `make bench` (`python benchmarks/bench.py{' --quick' if a.quick else ''}`) "
+    args = "".join(f" {shlex.quote(v)}" for v in sys.argv[1:])
+    header = (f"# Benchmarks\n\nWritten by `python benchmarks/bench.py{args}` (`make bench` runs it with no arguments) "
               f"on {stamp}.\nMachine: {machine()}.\n\nRatios compare rows of one table, measured in one process; "
               f"absolute times on a shared machine are noise.\n\n")
     a.doc.write_text(header + "\n".join(sections) + (ROOT / "benchmarks" / "NOTES.md").read_text())

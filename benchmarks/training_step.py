@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Callable
@@ -88,46 +89,57 @@ def snntorch_available() -> bool:
     return True
 
 
-def measure(name: str, make: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, steps: int) -> dict:
-    torch.manual_seed(0)
-    net = Net(make).to(x.device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    cuda = x.device.type == "cuda"
+class Runner:
+    """One variant's network, optimizer and step; built and warmed up before any timing starts."""
 
-    def step() -> float:
-        for m in net.modules():  # spikingjelly keeps state in its own attributes
-            if hasattr(m, "reset") and m is not net and callable(m.reset):
+    def __init__(self, name: str, make: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor) -> None:
+        torch.manual_seed(0)
+        self.name, self.x, self.y = name, x, y
+        self.net = Net(make).to(x.device)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.05, momentum=0.9)
+        self.cuda = x.device.type == "cuda"
+        self.times: list[float] = []
+        self.peak = 0
+        for _ in range(3):
+            self.step()
+        saved = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            self.step()
+        self.saved = saved[0]
+
+    def step(self) -> float:
+        for m in self.net.modules():  # spikingjelly keeps state in its own attributes
+            if hasattr(m, "reset") and m is not self.net and callable(m.reset):
                 m.reset()
-        reset(net)
-        loss = nn.functional.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
+        reset(self.net)
+        loss = nn.functional.cross_entropy(self.net(self.x), self.y)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        self.opt.step()
         return float(loss.detach())
 
-    for _ in range(3):
-        step()
-    saved = [0]
+    def timed_step(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        self.step()
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated())
+        self.times.append(time.perf_counter() - t0)
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        saved[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / steps
-    row = {"name": name, "images_per_s": len(x) / dt, "ms_per_step": 1e3 * dt, "saved_mb": saved[0] / 2**20}
-    if cuda:
-        row["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return row
+    def row(self) -> dict:
+        dt = statistics.median(self.times)
+        row = {"name": self.name, "images_per_s": len(self.x) / dt, "ms_per_step": 1e3 * dt, "saved_mb": self.saved / 2**20}
+        if self.cuda:
+            row["cuda_peak_mb"] = self.peak / 2**20
+        return row
 
 
 def main() -> None:
@@ -145,12 +157,15 @@ def main() -> None:
                   ("spikingjelly 2.0 LIFNode (multi-step)", spikingjelly())]
     if snntorch_available():
         candidates.append(("snntorch Leaky (step loop)", SnntorchSeq))
-    rows = []
-    for name, make in candidates:
-        if make is None:
-            continue
-        rows.append(measure(name, make, x, y, a.steps))
-        print(rows[-1], flush=True)
+    runners = [Runner(name, make, x, y) for name, make in candidates if make is not None]
+    # round-robin, one step of each variant per round, median per variant: a shared machine's drift
+    # then hits every variant alike instead of whichever happened to run last
+    for _ in range(a.steps):
+        for r in runners:
+            r.timed_step()
+    rows = [r.row() for r in runners]
+    for row in rows:
+        print(row, flush=True)
     ref = rows[0]["images_per_s"]
     lines = [f"| network step on {dev.type} (batch {a.batch}, T={T}) | images/s | ms/step | vs fused | saved for backward (MB) |"
              + (" CUDA peak (MB) |" if dev.type == "cuda" else ""),

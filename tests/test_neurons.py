@@ -106,13 +106,17 @@ def test_time_shared_dropout_reuses_mask_until_reset():
     assert math.isclose(float(a.mean()), 1.0, abs_tol=0.25)
 
 
-@pytest.mark.parametrize("make", [
+SEQUENCE_NEURONS = [
     lambda: IF(v_reset=None, surrogate="atan"),
     lambda: IF(v_threshold=0.7, v_reset=0.0, surrogate="triangle"),
     lambda: LIF(tau=2.0, surrogate="sigmoid"),
+    lambda: LIF(tau=2.0, surrogate="atan:3"),
     lambda: LIF(tau=1.25, decay_input=False, v_threshold=0.5, v_reset=0.0, surrogate="dspike:3"),
     lambda: LIF(tau=4 / 3, v_reset=-0.2, v_init=0.1, surrogate="erf"),
-])
+]
+
+
+@pytest.mark.parametrize("make", SEQUENCE_NEURONS)
 def test_fused_sequence_matches_the_step_loop(make):
     """The fused multi-step kernel gives the same spikes, final state and input gradient as T single steps."""
     x = (torch.randn(7, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.4)
@@ -128,3 +132,32 @@ def test_fused_sequence_matches_the_step_loop(make):
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
     assert results[0][0].sum() > 0  # the test input does make spikes
+
+
+@pytest.mark.parametrize("make", SEQUENCE_NEURONS)
+def test_compiled_cpu_kernel_matches_the_torch_ops(make, monkeypatch):
+    """float32 on the CPU takes the compiled C pass (wherever a C compiler exists, as on CI); it agrees
+    with the torch-op fused path and the step loop on spikes, state and input gradient."""
+    import shutil
+
+    from spikesearch import kernels
+
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler: the torch ops are the only path")
+    assert kernels.lif_library() is not None
+    x = torch.randn(6, 4, 300, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.4
+    grad = torch.randn(6, 4, 300, generator=torch.Generator().manual_seed(1))
+    results = []
+    for path in ("kernel", "torch", "loop"):
+        monkeypatch.setattr(kernels, "usable", lambda *t, p=path: p == "kernel")
+        n = make()
+        n.step_mode = "m"
+        xi = x.clone().requires_grad_(True)
+        out = torch.stack([n.single_step(xt) for xt in xi]) if path == "loop" else n(xi)
+        (g,) = torch.autograd.grad((out * grad).sum(), xi)
+        results.append((out.detach(), torch.as_tensor(n.v).detach(), g))
+    for other in results[1:]:
+        assert torch.equal(results[0][0], other[0])  # identical spikes
+        torch.testing.assert_close(results[0][1], other[1])
+        torch.testing.assert_close(results[0][2], other[2], rtol=1e-5, atol=1e-6)
+    assert results[0][0].sum() > 0

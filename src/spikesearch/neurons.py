@@ -20,6 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from . import kernels
 from .errors import SpikeSearchError
 from .registry import Registry
 from .surrogate import Surrogate, make_surrogate
@@ -130,6 +131,12 @@ class _FusedSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_seq, coeffs, v0, v_th, v_reset, shape, alpha):
         a, b, c = coeffs
+        ctx.params = (a, b, v_th, v_reset, shape, alpha)
+        if kernels.usable(x_seq):  # float32 on the CPU: the compiled single pass
+            hs, spikes, v = kernels.lif_forward(x_seq, a, b, c, v0, v_th, v_reset)
+            ctx.save_for_backward(hs)
+            ctx.mark_non_differentiable(v)
+            return spikes, v
         # everything that does not depend on the membrane is done once for all T, not per step
         drive = x_seq * b + c if (b != 1 or c) else x_seq
         v = torch.full_like(x_seq[0], v0)
@@ -140,7 +147,6 @@ class _FusedSequence(torch.autograd.Function):
             v = h.masked_fill(fired, v_reset) if v_reset is not None else h - fired.to(h.dtype) * v_th
             hs[t] = h
         ctx.save_for_backward(hs)
-        ctx.params = (a, b, v_th, v_reset, shape, alpha)
         ctx.mark_non_differentiable(v)
         return (hs >= v_th).to(x_seq.dtype), v
 
@@ -148,6 +154,15 @@ class _FusedSequence(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_v):
         (hs,) = ctx.saved_tensors
         a, b, v_th, v_reset, shape, alpha = ctx.params
+        # the compiled pass is not differentiable: a backward that is itself differentiated (create_graph,
+        # the DGS hypergradient) takes the torch ops below
+        if not torch.is_grad_enabled() and kernels.usable(hs, grad_out):
+            hard = v_reset is not None
+            if shape.name == "atan":  # the default surrogate is computed inside the kernel
+                grad_x = kernels.lif_backward(grad_out, hs, a, b, v_th, hard, atan_alpha=alpha)
+            else:
+                grad_x = kernels.lif_backward(grad_out, hs, a, b, v_th, hard, sg=shape.grad(hs - v_th, alpha))
+            return grad_x, None, None, None, None, None, None
         # step by step on purpose: T-sized temporaries cost fresh pages on every call, step-sized ones are
         # reused. No in-place or out= ops: under create_graph (the DGS hypergradient) this backward is itself
         # differentiated, and it is linear in grad_out, which is all that needs.

@@ -1,0 +1,89 @@
+"""Compiled CPU kernels. Built on first use with the system C compiler into a per-user cache (a second
+or so, once); where there is no compiler, or ``SPIKESEARCH_NO_KERNELS=1``, callers keep their torch
+implementation. The C code uses OpenMP with torch's thread count and binds to the libgomp torch loaded."""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
+_f, _i64, _ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
+SIGNATURES = {
+    "lif_forward": [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _f, _f, _f, _f, _f, _f, ctypes.c_int, ctypes.c_int],
+    "lif_backward": [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _f, _f, _f, ctypes.c_int, _f, ctypes.c_int],
+}
+MIN_PER_THREAD = 1 << 14  # below this many neurons per thread, threads cost more than they save
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spikesearch"
+
+
+@lru_cache(maxsize=None)
+def lif_library() -> ctypes.CDLL | None:
+    if os.environ.get("SPIKESEARCH_NO_KERNELS"):
+        return None
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if cc is None:
+        return None
+    src = resources.files("spikesearch.csrc").joinpath("lif_sequence.c").read_bytes()
+    key = hashlib.sha256(src + " ".join([cc, *FLAGS]).encode()).hexdigest()[:16]
+    so = _cache_dir() / f"lif_sequence_{key}.so"
+    try:
+        if not so.is_file():
+            so.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=so.parent) as tmp:
+                c_file, built = Path(tmp) / "lif_sequence.c", Path(tmp) / "lib.so"
+                c_file.write_bytes(src)
+                subprocess.run([cc, *FLAGS, str(c_file), "-o", str(built)], check=True, capture_output=True, timeout=120)
+                os.replace(built, so)  # atomic: concurrent first uses (DDP ranks, workers) do not clash
+        lib = ctypes.CDLL(str(so))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for name, args in SIGNATURES.items():
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = None
+    return lib
+
+
+def _threads(n: int) -> int:
+    return max(1, min(torch.get_num_threads(), n // MIN_PER_THREAD))
+
+
+def usable(*tensors: Tensor) -> bool:
+    return lif_library() is not None and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def lif_forward(x: Tensor, a: float, b: float, c: float, v0: float, v_th: float, v_reset: float | None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """``x`` [T, ...] -> (pre-spike membranes h, spikes, final membrane), as ``_FusedSequence.forward``."""
+    x = x.contiguous()
+    t_len, n = x.shape[0], x[0].numel()
+    h, s, v = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x[0])
+    hard = v_reset is not None
+    lif_library().lif_forward(x.data_ptr(), h.data_ptr(), s.data_ptr(), v.data_ptr(), t_len, n, a, b, c, v0, v_th,
+                              v_reset if hard else 0.0, int(hard), _threads(n))
+    return h, s, v
+
+
+def lif_backward(grad_s: Tensor, h: Tensor, a: float, b: float, v_th: float, hard: bool,
+                 sg: Tensor | None = None, atan_alpha: float = 0.0) -> Tensor:
+    """Gradient for x of ``lif_forward``; ``sg`` is the surrogate gradient at ``h - v_th``, or None for
+    the ATan surrogate with ``atan_alpha``, computed in the kernel."""
+    grad_s = grad_s.contiguous()
+    sg = sg.contiguous() if sg is not None else None
+    t_len, n = h.shape[0], h[0].numel()
+    grad_x = torch.empty_like(h)
+    lif_library().lif_backward(grad_s.data_ptr(), sg.data_ptr() if sg is not None else None, h.data_ptr(),
+                               grad_x.data_ptr(), t_len, n, a, b, v_th, int(hard), atan_alpha, _threads(n))
+    return grad_x
