@@ -21,7 +21,14 @@ import torch
 
 from spikesearch.pipeline import make_loaders
 from spikesearch.run import Run
-from spikesearch.snasnet import ScoreConfig, SNASNet, format_cnt_mat, macro_config, sample_matrix, score_model
+from spikesearch.snasnet import (
+    ScoreConfig,
+    SNASNet,
+    format_cnt_mat,
+    macro_config,
+    sample_matrix,
+    score_model,
+)
 from spikesearch.snasnet.command import scoring_batches
 from spikesearch.trainer import TrainConfig, Trainer, seed_everything
 
