@@ -8,7 +8,7 @@ The re-creation follows spec/snasnet.md §3 and §7 (``model_snn.find_best_neuro
   transforms) whose first batch is taken;
 - a forward hook on every LIF that builds d_H with two matmuls, x(1-x)^T + (1-x)x^T, the rate-normalised
   kernel, and copies it to the host (numpy) where the kernels are averaged; numpy slogdet at the end;
-- ``torch.no_grad()`` in train mode.
+- spikingjelly's LIF as torch ops, ``torch.no_grad()`` in train mode.
 Where the official code differs only by a bug, both sides do the right thing, so the two rankings can
 be compared: membrane state is reset between the repeats, dropout is off (its random masks would make
 the two runs score different networks) and both read un-augmented batches whose images are the same.
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from spikesearch.datasets import load_dataset
 from spikesearch.loader import Augment
-from spikesearch.neurons import LIF, BaseNode, TimeSharedDropout, reset
+from spikesearch.neurons import BaseNode, TimeSharedDropout
 from spikesearch.snasnet.network import SNASNet, macro_config
 from spikesearch.snasnet.parallel import SNASNetBuilder
 from spikesearch.snasnet.score import ScoreConfig
@@ -44,6 +44,21 @@ from spikesearch.snasnet.space import NUM_NODES, format_cnt_mat, parse_cnt_mat
 
 FORWARD_EDGES = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
 BACKWARD_EDGES = [(1, 0), (2, 0), (3, 0), (2, 1), (3, 1), (3, 2)]
+
+
+class LIFNode(nn.Module):
+    """spikingjelly ``clock_driven.neuron.LIFNode`` as the official code runs it: torch ops, one step per call
+    (V += (X - (V - V_reset)) / tau, spike at V >= V_th, hard reset to 0). Ours would take the compiled step."""
+
+    def __init__(self, tau: float) -> None:
+        super().__init__()
+        self.tau, self.v = tau, 0.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.v = self.v + (x - self.v) / self.tau
+        spike = (self.v >= 1.0).to(x.dtype)
+        self.v = self.v * (1 - spike)
+        return spike
 
 
 class ScaleLayer(nn.Module):
@@ -96,6 +111,15 @@ class RefNet(nn.Module):
         self.ours = ours
         self.cell1 = RefCell(ours.cell1, ours.celltype, make_lif)
         self.cell2 = RefCell(ours.cell2, ours.celltype, make_lif)
+        for mod in (ours.downconv, ours.last_act, ours.classifier):  # the macro LIFs, too
+            for name, child in mod.named_children():
+                if isinstance(child, BaseNode):
+                    setattr(mod, name, make_lif())
+
+    def reset(self) -> None:
+        for m in self.modules():
+            if isinstance(m, LIFNode):
+                m.v = 0.0
 
     def forward(self, x: Tensor) -> Tensor:
         self.cell1.last = self.cell2.last = [0.0] * (NUM_NODES - 1)
@@ -124,8 +148,7 @@ class IndexedImages(torch.utils.data.Dataset):
 
 def official_score(ours: SNASNet, dataset: IndexedImages, index_batches: list[list[int]], batch: int, workers: int,
                    alpha: float = 0.5) -> float:
-    net = RefNet(ours, lambda: LIF(tau=ours.cell1.lifs[next(iter(ours.cell1.lifs))].tau if ours.cell1.lifs else 4 / 3,
-                                   v_threshold=1.0, v_reset=0.0, detach_reset=True))
+    net = RefNet(ours, lambda: LIFNode(tau=4 / 3))
     net.train()
     for m in net.modules():
         if isinstance(m, TimeSharedDropout):
@@ -143,7 +166,7 @@ def official_score(ours: SNASNet, dataset: IndexedImages, index_batches: list[li
         state["calls"] += 1
 
     for m in net.modules():
-        if isinstance(m, BaseNode):
+        if isinstance(m, LIFNode):  # the official hooks every module whose type name contains LIFNode
             m.register_forward_hook(hook)
     logdets = []
     with torch.no_grad():
@@ -151,7 +174,7 @@ def official_score(ours: SNASNet, dataset: IndexedImages, index_batches: list[li
             loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=idx, num_workers=workers)
             x, _ = next(iter(loader))  # a new iterator per repeat: the workers start and stop each time
             state.update(K=None, calls=0)
-            reset(net)
+            net.reset()
             net(x)
             logdets.append(np.linalg.slogdet(state["K"] / state["calls"])[1])
     return float(np.mean(logdets))

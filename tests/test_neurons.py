@@ -161,3 +161,23 @@ def test_compiled_cpu_kernel_matches_the_torch_ops(make, monkeypatch):
         torch.testing.assert_close(results[0][1], other[1])
         torch.testing.assert_close(results[0][2], other[2], rtol=1e-5, atol=1e-6)
     assert results[0][0].sum() > 0
+
+
+@pytest.mark.parametrize("make", SEQUENCE_NEURONS)
+def test_compiled_single_step_without_autograd_matches_the_torch_ops(make, monkeypatch):
+    """Scoring, evaluation and conversion step neurons under no_grad: the compiled step gives the same spikes
+    and membranes as the autograd-capable torch ops."""
+    from spikesearch import kernels
+
+    if kernels.lif_library() is None:
+        pytest.skip("no C compiler: the torch ops are the only path")
+    x = torch.randn(6, 4, 300, generator=torch.Generator().manual_seed(2)) * 0.8 + 0.4
+    runs = []
+    for compiled in (True, False):
+        monkeypatch.setattr(kernels, "usable", lambda *t, c=compiled: c)
+        n = make()
+        with torch.no_grad():
+            spikes = torch.stack([n(xt) for xt in x])
+        runs.append((spikes, n.v))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][0].sum() > 0
+    torch.testing.assert_close(runs[0][1], runs[1][1])

@@ -21,6 +21,7 @@ _f, _i64, _ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {
     "lif_forward": [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _f, _f, _f, _f, _f, _f, ctypes.c_int, ctypes.c_int],
     "lif_backward": [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _f, _f, _f, ctypes.c_int, _f, ctypes.c_int],
+    "neuron_step": [_ptr, _ptr, _f, _ptr, _ptr, _i64, _f, _f, _f, _f, _f, ctypes.c_int, ctypes.c_int],
 }
 MIN_PER_THREAD = 1 << 14  # below this many neurons per thread, threads cost more than they save
 
@@ -87,3 +88,16 @@ def lif_backward(grad_s: Tensor, h: Tensor, a: float, b: float, v_th: float, har
     lif_library().lif_backward(grad_s.data_ptr(), sg.data_ptr() if sg is not None else None, h.data_ptr(),
                                grad_x.data_ptr(), t_len, n, a, b, v_th, int(hard), atan_alpha, _threads(n))
     return grad_x
+
+
+def neuron_step(x: Tensor, v: Tensor | float, a: float, b: float, c: float, v_th: float, v_reset: float | None
+                ) -> tuple[Tensor, Tensor]:
+    """One step of a neuron with linear charge, no autograd: (spikes, new membrane)."""
+    x = x.contiguous()
+    v_in = v.contiguous() if isinstance(v, Tensor) else None
+    s, v_out = torch.empty_like(x), torch.empty_like(x)
+    hard = v_reset is not None
+    lif_library().neuron_step(x.data_ptr(), v_in.data_ptr() if v_in is not None else None,
+                              0.0 if v_in is not None else float(v), s.data_ptr(), v_out.data_ptr(), x.numel(),
+                              a, b, c, v_th, v_reset if hard else 0.0, int(hard), _threads(x.numel()))
+    return s, v_out

@@ -83,6 +83,10 @@ class BaseNode(nn.Module, Stateful):
                 f"{type(self).__name__}: input shape {tuple(x.shape)} differs from the stored state "
                 f"{tuple(v.shape)}; call spikesearch.reset(model) between batches"
             )
+        coeffs = self.linear_charge()
+        if coeffs is not None and not torch.is_grad_enabled() and kernels.usable(x, *([v] if isinstance(v, Tensor) else [])):
+            s, self.v = kernels.neuron_step(x, v, *coeffs, self.v_threshold, self.v_reset)  # no graph to build
+            return s
         h = self.charge(x, v)
         s = self.surrogate(h - self.v_threshold)
         s_r = s.detach() if self.detach_reset else s

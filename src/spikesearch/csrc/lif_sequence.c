@@ -33,6 +33,19 @@ void lif_forward(const float *x, float *h_out, float *s_out, float *v_out, int64
     }
 }
 
+/* One step without autograd (scoring, evaluation, conversion): reads x and the membrane (v_in, or the
+ * scalar v0 when v_in is NULL), writes spikes and the new membrane; four passes instead of about eight. */
+void neuron_step(const float *x, const float *v_in, float v0, float *s_out, float *v_out, int64_t N, float a, float b,
+                 float c, float v_th, float v_reset, int hard, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        float h = a * (v_in ? v_in[i] : v0) + b * x[i] + c;
+        float s = h >= v_th ? 1.0f : 0.0f;
+        s_out[i] = s;
+        v_out[i] = hard ? (s != 0.0f ? v_reset : h) : h - s * v_th;
+    }
+}
+
 /* g_x[t] = b * g_h[t], with g_h[t] = g_s[t] * sg[t] + g_v * (hard ? h[t] < v_th : 1) and g_v = a * g_h[t],
  * walking t backwards (the reset itself is detached). sg holds the surrogate gradient at h - v_th; when it
  * is NULL the default ATan surrogate is computed here, alpha/2 / (1 + (pi/2 alpha x)^2), sparing T x N
