@@ -198,3 +198,13 @@ def test_qcfs_thresholds_start_from_the_data():
     z = seen["z"]
     assert lams[0] == pytest.approx(float(torch.quantile(z[z > 0], 0.999)), rel=1e-5)
     assert all(0 < v < 8 for v in lams) and vgg.training  # mode restored
+
+
+def test_vgg_traces_with_fx_and_takes_event_frames():
+    """spikingjelly's ann2snn and torch.compile trace the ANN with torch.fx: its forward must stay branch-free,
+    while event frames [T, B, C, H, W] still reach it as their mean."""
+    model = VGG(VGGConfig(width=0.125, in_channels=2, image_size=32)).eval()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.rand(3, 4, 2, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x.mean(0)), model(x))

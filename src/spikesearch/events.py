@@ -157,10 +157,14 @@ def read_aedat3(path: str | Path) -> Events:
     return Events(t, (word >> 17) & 0x7FFF, (word >> 2) & 0x7FFF, (word >> 1) & 1)
 
 
-def to_frames(ev: Events, frames: int, size: int, split_by: str = "number") -> np.ndarray:
-    """Bin events into ``[frames, 2, size, size]`` float32 counts."""
+def _check_split(split_by: str) -> None:
     if split_by not in SPLITS:
         raise SpikeSearchError(f"event binning must be one of {SPLITS}, got {split_by!r}")
+
+
+def to_frames(ev: Events, frames: int, size: int, split_by: str = "number") -> np.ndarray:
+    """Bin events into ``[frames, 2, size, size]`` float32 counts."""
+    _check_split(split_by)
     out = np.zeros(frames * 2 * size * size, np.float32)
     n = len(ev)
     if n:
@@ -195,8 +199,7 @@ class EventSet(torch.utils.data.Dataset):
                 CHECKS[reader](path)
         if frames <= 0:
             raise SpikeSearchError(f"event frames (T) must be positive, got {frames}")
-        if split_by not in SPLITS:
-            raise SpikeSearchError(f"event binning must be one of {SPLITS}, got {split_by!r}")
+        _check_split(split_by)
         self.samples, self.labels, self.classes = samples, torch.as_tensor(labels, dtype=torch.long), classes
         self.reader, self.size, self.frames, self.split_by = reader, size, frames, split_by
         self._read = functools.lru_cache(maxsize=2)(reader)

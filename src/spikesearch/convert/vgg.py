@@ -46,11 +46,18 @@ def _activation(cfg: VGGConfig) -> nn.Module:
     return QCFS(cfg.levels) if cfg.activation == "qcfs" else nn.ReLU(inplace=False)
 
 
+def _mean_of_event_frames(module: nn.Module, args: tuple) -> tuple | None:
+    """Event frames [T, B, C, H, W]: an ANN sees their mean. A pre-hook, not a branch in ``forward``, so that
+    FX tracing (spikingjelly's ann2snn, torch.compile) sees a plain feed-forward graph."""
+    return (args[0].mean(0),) if args[0].dim() == 5 else None
+
+
 class VGG(nn.Module):
     def __init__(self, cfg: VGGConfig) -> None:
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        self.register_forward_pre_hook(_mean_of_event_frames)
         layers: list[nn.Module] = []
         c, size = cfg.in_channels, cfg.image_size
         for i, (out, pool) in enumerate(ARCHS[cfg.arch]):
@@ -78,8 +85,6 @@ class VGG(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 5:  # event frames [T, B, C, H, W]: an ANN sees their mean
-            x = x.mean(0)
         return self.classifier(self.features(x))
 
     def meta(self) -> dict:
