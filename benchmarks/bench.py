@@ -23,16 +23,18 @@ OUT = Path("runs/bench")  # relative to ROOT, so the printed commands run from a
 def benchmarks(quick: bool) -> dict[str, list[list[str]]]:
     steps = "5" if quick else "20"
     candidates = "6" if quick else "30"
+    conversion = ["benchmarks/conversion.py"] + (["--epochs", "1", "--timesteps", "16", "--eval_size", "200", "--norm", "200"]
+                                                 if quick else [])
     runs = {"search_throughput": [["benchmarks/search_throughput.py", "--candidates", candidates, "--batch", "256",
                                    "--out", str(OUT / "search_throughput")]],
             "training_step": [["benchmarks/training_step.py", "--steps", steps, "--out", str(OUT / "training_step_cpu")]],
-            "conversion": [["benchmarks/conversion.py", "--out", str(OUT / "conversion")]
-                           + (["--epochs", "1", "--timesteps", "16", "--eval_size", "200", "--norm", "200"] if quick else [])]}
+            "conversion": [conversion + ["--out", str(OUT / "conversion")]]}
     if torch.cuda.is_available():
         runs["search_throughput"].append(["benchmarks/search_throughput.py", "--candidates", candidates, "--batch", "256",
                                           "--device", "cuda", "--out", str(OUT / "search_throughput_cuda")])
         runs["training_step"].append(["benchmarks/training_step.py", "--steps", steps, "--device", "cuda", "--batch", "256",
                                       "--out", str(OUT / "training_step_cuda")])
+        runs["conversion"].append(conversion + ["--device", "cuda", "--out", str(OUT / "conversion_cuda")])
     return runs
 
 

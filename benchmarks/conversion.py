@@ -38,7 +38,7 @@ def spikingjelly_curve(ann, norm_batches, test, timesteps: int) -> tuple[list[fl
         return None
     loader = [(x, torch.zeros(len(x))) for x in norm_batches]
     snn = ann2snn.Converter(ann2snn.RateCodingRecipe(loader, mode="99.9%")).convert(materialize(ann).eval())
-    correct = torch.zeros(timesteps)
+    correct = torch.zeros(timesteps, device=norm_batches[0].device)
     n, seconds = 0, 0.0
     for x, y in test:
         functional.reset_net(snn)
@@ -46,10 +46,12 @@ def spikingjelly_curve(ann, norm_batches, test, timesteps: int) -> tuple[list[fl
         t0 = time.perf_counter()
         for t in range(timesteps):
             total = total + snn(x)
-            correct[t] += float((total.argmax(1) == y).sum())
+            correct[t] += (total.argmax(1) == y).sum()  # on the device: no host sync per step
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
         seconds += time.perf_counter() - t0
         n += len(y)
-    return (correct / n).tolist(), seconds / timesteps
+    return (correct.cpu() / n).tolist(), seconds / timesteps
 
 
 def main() -> None:
@@ -60,10 +62,12 @@ def main() -> None:
     ap.add_argument("--eval_size", type=int, default=1000)
     ap.add_argument("--norm", type=int, default=1000)
     ap.add_argument("--levels", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_conversion"))
     a = ap.parse_args()
-    torch.set_num_threads(2)
-    device = torch.device("cpu")
+    device = torch.device(a.device)
+    if device.type == "cpu":
+        torch.set_num_threads(2)  # the CI machine's cores, whatever this one has
     seed_everything(0)
     train, test, info = make_loaders("fmnist-small", None, 64, device, 0, None, a.eval_size, eval_batch_size=250)
     norm = [x for x, _ in BatchLoader(train.data.subset(a.norm), 250, train.augment, False, device)]
@@ -73,7 +77,7 @@ def main() -> None:
             name = f"{'binary' if binary else 'FP'} {act.upper() if act == 'qcfs' else 'ReLU'}"
             seed_everything(0)
             ann = VGG(VGGConfig(num_classes=10, in_channels=1, image_size=28, width=a.width, batchnorm=True,
-                                binary=binary, activation=act, levels=a.levels))
+                                binary=binary, activation=act, levels=a.levels)).to(device)
             if act == "qcfs":
                 init_thresholds(ann, norm[0])
             cfg = TrainConfig(epochs=a.epochs, optimizer="adam", lr=1e-3, weight_decay=0, progress=False)
@@ -113,7 +117,8 @@ def main() -> None:
     table = "\n".join(lines) + ratio + (
         f"\n\n{a.eval_size} test images of fmnist-small, vgg15ab width {a.width} with BN (folded), {a.epochs} epochs "
         f"Adam 1e-3, QCFS L={a.levels}, {a.norm} normalisation images; one-step simulation; "
-        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.")
+        f"{platform.machine()}, {torch.get_num_threads()} threads, "
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}.")
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "table.md").write_text(table + "\n")
     (a.out / "curves.json").write_text(json.dumps({"curves": curves, "ann": ann_acc, "per_step_s": per_step}))

@@ -37,9 +37,14 @@ from spikesearch.datasets import load_dataset
 from spikesearch.loader import Augment
 from spikesearch.neurons import BaseNode, TimeSharedDropout
 from spikesearch.snasnet.network import SNASNet, macro_config
-from spikesearch.snasnet.parallel import SNASNetBuilder
+from spikesearch.snasnet.parallel import SNASNetBuilder, WorkerPool
 from spikesearch.snasnet.score import ScoreConfig
-from spikesearch.snasnet.search import SearchConfig, draw_random, score_candidate
+from spikesearch.snasnet.search import (
+    Scorer,
+    SearchConfig,
+    draw_random,
+    score_candidate,
+)
 from spikesearch.snasnet.space import NUM_NODES, format_cnt_mat, parse_cnt_mat
 
 FORWARD_EDGES = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
@@ -147,7 +152,7 @@ class IndexedImages(torch.utils.data.Dataset):
 
 
 def official_score(ours: SNASNet, dataset: IndexedImages, index_batches: list[list[int]], batch: int, workers: int,
-                   alpha: float = 0.5) -> float:
+                   device: torch.device, alpha: float = 0.5) -> float:
     net = RefNet(ours, lambda: LIFNode(tau=4 / 3))
     net.train()
     for m in net.modules():
@@ -175,7 +180,7 @@ def official_score(ours: SNASNet, dataset: IndexedImages, index_batches: list[li
             x, _ = next(iter(loader))  # a new iterator per repeat: the workers start and stop each time
             state.update(K=None, calls=0)
             net.reset()
-            net(x)
+            net(x.to(device))  # the official code moves each batch with .cuda()
             logdets.append(np.linalg.slogdet(state["K"] / state["calls"])[1])
     return float(np.mean(logdets))
 
@@ -193,6 +198,8 @@ def main() -> None:
     ap.add_argument("--timesteps", type=int, default=5)
     ap.add_argument("--celltype", default="backward")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the official procedure (official: 4)")
+    ap.add_argument("--pool", type=int, default=0,
+                    help="also score the list with `--workers N` local processes (the device's, shared), start-up included")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/search_throughput"))
@@ -221,23 +228,37 @@ def main() -> None:
         ours.append(score_candidate(build, batches, cfg, key))
         t_ours += time.perf_counter() - t0
         t0 = time.perf_counter()
-        ref.append(official_score(seeded(key), dataset, index_batches, a.batch, a.workers))
+        ref.append(official_score(seeded(key), dataset, index_batches, a.batch, a.workers, device))
         t_ref += time.perf_counter() - t0
         print(f"{i + 1}/{len(keys)} {key}: ours {ours[-1]:.4f}  official {ref[-1]:.4f}", flush=True)
     rho = spearman(ours, ref)
+    pooled = None
+    if a.pool:
+        scorer = Scorer(build, batches, cfg, None, progress=False)
+        t0 = time.perf_counter()
+        WorkerPool(build, batches, cfg, a.pool, "processes").search([parse_cnt_mat(k) for k in keys], scorer)
+        t_pool = time.perf_counter() - t0
+        pooled = [c.score for c in scorer.history]
     result = {"candidates": len(keys), "batch": a.batch, "timesteps": a.timesteps, "repeats": a.repeats,
               "celltype": a.celltype, "device": str(device), "loader_workers": a.workers,
               "official_candidates_per_s": len(keys) / t_ref, "ours_candidates_per_s": len(keys) / t_ours,
               "speedup": t_ref / t_ours, "spearman": rho, "max_abs_score_difference": float(np.max(np.abs(np.subtract(ours, ref)))),
               "same_best": int(np.argmax(ours)) == int(np.argmax(ref))}
+    if pooled is not None:
+        result.update(pool_workers=a.pool, pool_candidates_per_s=len(keys) / t_pool, pool_speedup=t_ref / t_pool,
+                      pool_spearman=spearman(pooled, ref), pool_same_scores=pooled == ours)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     table = ("| procedure | candidates/s | ratio |\n|---|---|---|\n"
              f"| official procedure, re-created | {result['official_candidates_per_s']:.3f} | 1.00x |\n"
-             f"| spikesearch | {result['ours_candidates_per_s']:.3f} | **{result['speedup']:.2f}x** |\n\n"
+             f"| spikesearch | {result['ours_candidates_per_s']:.3f} | **{result['speedup']:.2f}x** |\n"
+             + (f"| spikesearch, `--workers {a.pool}` processes (start-up included) | {result['pool_candidates_per_s']:.3f} "
+                f"| **{result['pool_speedup']:.2f}x** |\n" if pooled is not None else "") + "\n"
              f"{len(keys)} unique {a.celltype} candidates, batch {a.batch}, T={a.timesteps}, {a.repeats} repeats, "
              f"{device}; Spearman between the two score lists {rho:.4f}, largest score difference "
-             f"{result['max_abs_score_difference']:.2e}, same best candidate: {result['same_best']}.\n")
+             f"{result['max_abs_score_difference']:.2e}, same best candidate: {result['same_best']}"
+             + (f"; the worker processes' scores equal the serial ones: {result['pool_same_scores']}, Spearman "
+                f"{result['pool_spearman']:.4f}" if pooled is not None else "") + ".\n")
     (a.out / "table.md").write_text(table)
     print(table)
 

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import numpy as np
@@ -208,3 +209,18 @@ def test_vgg_traces_with_fx_and_takes_event_frames():
     x = torch.rand(3, 4, 2, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(traced(x.mean(0)), model(x))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (runs on a GPU machine, never in CI)")
+def test_conversion_on_cuda_matches_the_cpu(data, tmp_path):
+    """Every tensor the converter makes follows the network's device: converting and simulating on a GPU gives
+    the CPU's thresholds and predictions (a CPU-made threshold once broke ``convert --gpu``)."""
+    ann = trained(data, small_net(bn=True), tmp_path, epochs=1)
+    batches = norm_batches(data, 250)
+    x = next(iter(data[1]))[0]
+    results = []
+    for dev in ("cpu", "cuda"):
+        snn, lams = convert(copy.deepcopy(ann).to(dev), [b.to(dev) for b in batches])
+        results.append((torch.cat(lams).cpu(), snn.simulate(x.to(dev), 32, one_step=True)[-1].cpu()))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-3, atol=1e-4)
+    assert float((results[0][1].argmax(1) == results[1][1].argmax(1)).float().mean()) >= 0.97

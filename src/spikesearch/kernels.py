@@ -1,6 +1,8 @@
-"""Compiled CPU kernels. Built on first use with the system C compiler into a per-user cache (a second
-or so, once); where there is no compiler, or ``SPIKESEARCH_NO_KERNELS=1``, callers keep their torch
-implementation. The C code uses OpenMP with torch's thread count and binds to the libgomp torch loaded."""
+"""Compiled neuron kernels: C on the CPU, Triton on CUDA (``triton_lif.py``), chosen by the tensors' device.
+
+The C code is built on first use with the system C compiler into a per-user cache (a second or so,
+once); it uses OpenMP with torch's thread count and binds to the libgomp torch loaded. Where there is
+no compiler or no Triton, or with ``SPIKESEARCH_NO_KERNELS=1``, callers keep their torch implementation."""
 from __future__ import annotations
 
 import ctypes
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from . import triton_lif
 
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
 _f, _i64, _ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
@@ -62,12 +66,21 @@ def _threads(n: int) -> int:
 
 
 def usable(*tensors: Tensor) -> bool:
-    return lif_library() is not None and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    """True when the kernels can take these tensors: all float32 on the CPU (with the C library built), or
+    all on CUDA in one float32/float16/bfloat16 dtype (with Triton)."""
+    kinds, dtypes = {t.device.type for t in tensors}, {t.dtype for t in tensors}
+    if len(kinds) != 1 or len(dtypes) != 1 or os.environ.get("SPIKESEARCH_NO_KERNELS"):
+        return False
+    if kinds == {"cuda"}:
+        return dtypes <= {torch.float32, torch.float16, torch.bfloat16} and triton_lif.available()
+    return kinds == {"cpu"} and dtypes == {torch.float32} and lif_library() is not None
 
 
 def lif_forward(x: Tensor, a: float, b: float, c: float, v0: float, v_th: float, v_reset: float | None
                 ) -> tuple[Tensor, Tensor, Tensor]:
     """``x`` [T, ...] -> (pre-spike membranes h, spikes, final membrane), as ``_FusedSequence.forward``."""
+    if x.is_cuda:
+        return triton_lif.lif_forward(x, a, b, c, v0, v_th, v_reset)
     x = x.contiguous()
     t_len, n = x.shape[0], x[0].numel()
     h, s, v = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x[0])
@@ -81,6 +94,8 @@ def lif_backward(grad_s: Tensor, h: Tensor, a: float, b: float, v_th: float, har
                  sg: Tensor | None = None, atan_alpha: float = 0.0) -> Tensor:
     """Gradient for x of ``lif_forward``; ``sg`` is the surrogate gradient at ``h - v_th``, or None for
     the ATan surrogate with ``atan_alpha``, computed in the kernel."""
+    if h.is_cuda:
+        return triton_lif.lif_backward(grad_s, h, a, b, v_th, hard, sg, atan_alpha)
     grad_s = grad_s.contiguous()
     sg = sg.contiguous() if sg is not None else None
     t_len, n = h.shape[0], h[0].numel()
@@ -92,7 +107,7 @@ def lif_backward(grad_s: Tensor, h: Tensor, a: float, b: float, v_th: float, har
 
 def neuron_step(x: Tensor, v: Tensor | float, a: float, b: float, c: float, v_th: float, v_reset: float | None
                 ) -> tuple[Tensor, Tensor]:
-    """One step of a neuron with linear charge, no autograd: (spikes, new membrane)."""
+    """One step of a neuron with linear charge, no autograd, on the CPU: (spikes, new membrane)."""
     x = x.contiguous()
     v_in = v.contiguous() if isinstance(v, Tensor) else None
     s, v_out = torch.empty_like(x), torch.empty_like(x)

@@ -46,14 +46,15 @@ class ConvertConfig:
 
 def _plain_copy(layer: nn.Module) -> nn.Module:
     """A full-precision copy holding the weight the layer actually applies (binarized if binary)."""
+    where = {"device": layer.weight.device, "dtype": layer.weight.dtype}
     if isinstance(layer, (nn.Conv2d, BinaryConv2d)):
         new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                        layer.dilation, layer.groups, bias=True)
+                        layer.dilation, layer.groups, bias=True, **where)
     else:
-        new = nn.Linear(layer.in_features, layer.out_features, bias=True)
+        new = nn.Linear(layer.in_features, layer.out_features, bias=True, **where)
     with torch.no_grad():
         new.weight.copy_(effective_weight(layer))
-        new.bias.copy_(layer.bias.detach() if layer.bias is not None else torch.zeros(new.bias.shape))
+        new.bias.copy_(layer.bias.detach() if layer.bias is not None else torch.zeros_like(new.bias))
     return new
 
 
@@ -126,12 +127,12 @@ def percentile_thresholds(stages, batches: list[Tensor], percentile: float, chan
     for i, a in enumerate(activations()):
         m = _channel_view(a).amax(1) if channel_wise else a.max().view(1)
         maxima[i % n] = m if maxima[i % n] is None else torch.maximum(maxima[i % n], m)
-    hists = [torch.zeros(len(m), HIST_BINS + 1, dtype=torch.float64) for m in maxima]
+    hists = [torch.zeros(len(m), HIST_BINS + 1, dtype=torch.float64, device=m.device) for m in maxima]
     for i, a in enumerate(activations()):
         v = _channel_view(a) if channel_wise else a.reshape(1, -1)
         top = maxima[i % n].clamp_min(1e-12)[:, None]
         idx = torch.where(v > 0, (v / top * HIST_BINS).ceil().clamp(1, HIST_BINS), torch.zeros_like(v)).long()
-        flat = (idx + torch.arange(len(v))[:, None] * (HIST_BINS + 1)).reshape(-1)
+        flat = (idx + torch.arange(len(v), device=v.device)[:, None] * (HIST_BINS + 1)).reshape(-1)
         hists[i % n] += torch.bincount(flat, minlength=len(v) * (HIST_BINS + 1)).view(len(v), -1).double()
     out = []
     for h, top in zip(hists, maxima):
@@ -207,14 +208,15 @@ def convert(ann: nn.Module, batches: list[Tensor], cfg: ConvertConfig = ConvertC
         lams = [a.threshold.detach().abs().view(1).clone() for a in qcfs]
     else:
         lams = percentile_thresholds(stages, batches, cfg.percentile, cfg.channel_wise)
-    prev = torch.ones(1)
+    one = torch.ones(1, device=stages[-1][0][-1].weight.device)
+    prev = one
     ops_list = []
     for (ops, _), lam in zip(stages[:-1], lams):
         _rescale(ops, prev, lam)
         ops_list.append(ops)
         prev = lam
     out_ops = stages[-1][0]
-    _rescale(out_ops, prev, torch.ones(1))
+    _rescale(out_ops, prev, one)
     v_init = cfg.v_init if cfg.v_init is not None else (0.5 if qcfs else 0.0)
     return SpikingNet(ops_list, out_ops, v_init), lams
 
@@ -247,6 +249,8 @@ def evaluate_snn(snn: SpikingNet, loader, timesteps: int, one_step: bool, max_im
                 x, y = x[:max_images - n], y[:max_images - n]
             t0 = time.perf_counter()
             out = snn.simulate(x, timesteps, one_step)
+            if out.is_cuda:  # kernels run asynchronously: time them, not their launches
+                torch.cuda.synchronize(out.device)
             sim_seconds += time.perf_counter() - t0
             correct += (out.argmax(2) == y[None]).sum(1).cpu()
             n += len(y)

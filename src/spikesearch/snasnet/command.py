@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -82,8 +81,8 @@ def run_snasnet(a: argparse.Namespace) -> dict:
         cfg = SearchConfig(num_search=a.num_search, celltype=a.celltype, strategy=a.strategy, seed=a.seed, score=score_cfg)
         batches = scoring_batches(train, score_cfg, a.seed)
         pool = None
-        if a.workers:  # workers score on the CPU, each with its share of the cores (or a Ray node's)
-            pool = WorkerPool(replace(build, device="cpu"), batches, cfg, a.workers, a.parallel, a.ray_address)
+        if a.workers:  # on the command's device: CPU workers share the cores out, GPU workers share the GPU
+            pool = WorkerPool(build, batches, cfg, a.workers, a.parallel, a.ray_address)
     model = None
     if a.savemodel_pth:
         if mat is None:

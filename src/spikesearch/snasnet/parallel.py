@@ -60,7 +60,7 @@ _WORKER: dict = {}
 
 def _init_process(build: SNASNetBuilder, batches: list[Tensor], cfg: SearchConfig, threads: int) -> None:
     torch.set_num_threads(threads)
-    _WORKER.update(build=build, batches=batches, cfg=cfg)
+    _WORKER.update(build=build, batches=[b.to(build.device) for b in batches], cfg=cfg)
 
 
 def _score_in_process(keys: list[str]) -> ShardResult:
@@ -87,7 +87,10 @@ def _ray_map(build, batches, cfg, shards: list[list[str]], workers: int, address
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
     try:
         shared = ray.put((build, batches, cfg))  # one copy of the scoring batches in the object store
-        task = ray.remote(num_cpus=1)(_score_ray)
+        # GPU tasks each take a share of a GPU, so `workers` of them run on one card at once: scoring there is
+        # bound by the host's kernel launches, which several processes overlap
+        gpus = 1 / workers if torch.device(build.device).type == "cuda" else 0
+        task = ray.remote(num_cpus=1, num_gpus=gpus)(_score_ray)
         refs = [task.remote(shared, shard) for shard in shards]
         for ref in refs:
             yield ray.get(ref)
@@ -98,7 +101,7 @@ def _ray_map(build, batches, cfg, shards: list[list[str]], workers: int, address
 
 def _score_ray(shared: tuple, keys: list[str]) -> ShardResult:
     build, batches, cfg = shared
-    return score_shard(build, batches, cfg, keys)
+    return score_shard(build, [b.to(build.device) for b in batches], cfg, keys)
 
 
 def ray_available() -> bool:
