@@ -18,6 +18,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path("runs/bench")  # relative to ROOT, so the printed commands run from any checkout
+TITLES = {"search_throughput": "P1: search throughput", "training_step": "P2: training step",
+          "conversion": "P3/P4: conversion accuracy and time per timestep"}
 
 
 def benchmarks(quick: bool) -> dict[str, list[list[str]]]:
@@ -64,7 +66,7 @@ def main() -> None:
             print(f"== {line}", flush=True)
             subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True)
             table = (ROOT / cmd[cmd.index("--out") + 1] / "table.md").read_text()
-            sections.append(f"### {name}\n\nCommand: `{line}`\n\n{table}")
+            sections.append(f"### {TITLES[name]}\n\nCommand: `{line}`\n\n{table}")
     stamp = datetime.date.today().isoformat()
     args = "".join(f" {shlex.quote(v)}" for v in sys.argv[1:])
     header = (f"# Benchmarks\n\nWritten by `python benchmarks/bench.py{args}` (`make bench` runs it with no arguments) "
