@@ -84,10 +84,8 @@ class BaseNode(nn.Module, Stateful):
                 f"{tuple(v.shape)}; call spikesearch.reset(model) between batches"
             )
         coeffs = self.linear_charge()
-        # on a GPU one Triton launch costs more host time than the four torch ops it would replace (measured
-        # on an H100 while scoring), so the compiled single step is the CPU's alone
-        if (coeffs is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
-                and kernels.usable(x, *([v] if isinstance(v, Tensor) else []))):
+        if (coeffs is not None and not torch.is_grad_enabled()
+                and kernels.step_usable(x, *([v] if isinstance(v, Tensor) else []))):
             s, self.v = kernels.neuron_step(x, v, *coeffs, self.v_threshold, self.v_reset)  # no graph to build
             return s
         h = self.charge(x, v)

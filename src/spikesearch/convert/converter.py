@@ -208,7 +208,7 @@ def convert(ann: nn.Module, batches: list[Tensor], cfg: ConvertConfig = ConvertC
         lams = [a.threshold.detach().abs().view(1).clone() for a in qcfs]
     else:
         lams = percentile_thresholds(stages, batches, cfg.percentile, cfg.channel_wise)
-    one = torch.ones(1, device=stages[-1][0][-1].weight.device)
+    one = torch.ones(1, device=next(ann.parameters()).device)
     prev = one
     ops_list = []
     for (ops, _), lam in zip(stages[:-1], lams):

@@ -45,6 +45,7 @@ class SNASNetBuilder:
 
 
 def score_shard(build: SNASNetBuilder, batches: list[Tensor], cfg: SearchConfig, keys: list[str]) -> ShardResult:
+    batches = [b.to(build.device) for b in batches]  # they travel on the CPU; a no-op where they already are
     out = []
     for key in keys:
         t0 = time.perf_counter()
@@ -60,7 +61,7 @@ _WORKER: dict = {}
 
 def _init_process(build: SNASNetBuilder, batches: list[Tensor], cfg: SearchConfig, threads: int) -> None:
     torch.set_num_threads(threads)
-    _WORKER.update(build=build, batches=[b.to(build.device) for b in batches], cfg=cfg)
+    _WORKER.update(build=build, batches=batches, cfg=cfg)
 
 
 def _score_in_process(keys: list[str]) -> ShardResult:
@@ -101,7 +102,7 @@ def _ray_map(build, batches, cfg, shards: list[list[str]], workers: int, address
 
 def _score_ray(shared: tuple, keys: list[str]) -> ShardResult:
     build, batches, cfg = shared
-    return score_shard(build, [b.to(build.device) for b in batches], cfg, keys)
+    return score_shard(build, batches, cfg, keys)
 
 
 def ray_available() -> bool:
