@@ -3,7 +3,8 @@ candidate list, the same scoring batches (batch size, T, repeats) and the same w
 
 The re-creation follows spec/snasnet.md §3 and §7 (``model_snn.find_best_neuroncell``):
 - a new model per candidate, one LIF module per spiking edge (several per node), the zero op a
-  ``ScaleLayer`` multiply by a zero tensor, every edge of the forward and backward lists present;
+  ``ScaleLayer`` multiply by a zero tensor, every edge of the forward and backward lists present, the
+  feedback added to a node's value once per edge that reads it (``Neuronal_Cell_backward.forward``);
 - for each of the ``repeats`` batches, a new DataLoader iterator (worker processes, per-sample
   transforms) whose first batch is taken;
 - a forward hook on every LIF that builds d_H with two matmuls, x(1-x)^T + (1-x)x^T, the rate-normalised
@@ -17,8 +18,9 @@ the search's per-candidate seed), so weights are identical by construction.
 
 Ours: ``spikesearch.snasnet.search.score_candidate``: the fixed batches, one shared LIF per node (its
 kernel weighted by the number of spiking edges it stands for), zero edges absent, the 3x3 average pool
-as a depthwise convolution, one matmul per hook (spike counts read off its diagonal), kernels kept on
-the device in float64, ``inference_mode``.
+as a depthwise convolution, one Gram matrix per hook (spike counts read off its diagonal), kernels kept
+on the device in float64, ``inference_mode``; on the CPU channels-last maps, BatchNorm statistics in a
+fixed order and Gram matrices as popcounts of packed spikes.
 
     python benchmarks/search_throughput.py --candidates 40 --batch 256 --out runs/bench/search_throughput
 """
@@ -98,15 +100,16 @@ class RefCell(nn.Module):
         self.last: list = [0.0] * (NUM_NODES - 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        z0 = x + self.last[0]
-        x1 = self.ops["01"](z0)
-        z1 = x1 + self.last[1]
-        x2 = self.ops["02"](z0) + self.ops["12"](z1)
-        z2 = x2 + self.last[2]
-        x3 = self.ops["03"](z0) + self.ops["13"](z1) + self.ops["23"](z2)
-        if self.backward:
-            self.last = [self.ops["10"](z1) + self.ops["20"](z2) + self.ops["30"](x3),
-                         self.ops["21"](z2) + self.ops["31"](x3), self.ops["32"](x3)]
+        if not self.backward:
+            x1 = self.ops["01"](x)
+            x2 = self.ops["02"](x) + self.ops["12"](x1)
+            return self.ops["03"](x) + self.ops["13"](x1) + self.ops["23"](x2)
+        l0, l1, l2 = self.last  # as the official forward: each edge adds its source's feedback itself
+        x1 = self.ops["01"](x + l0)
+        x2 = self.ops["02"](x + l0) + self.ops["12"](x1 + l1)
+        x3 = self.ops["03"](x + l0) + self.ops["13"](x1 + l1) + self.ops["23"](x2 + l2)
+        self.last = [self.ops["10"](x1 + l1) + self.ops["20"](x2 + l2) + self.ops["30"](x3),
+                     self.ops["21"](x2 + l2) + self.ops["31"](x3), self.ops["32"](x3)]
         return x3
 
 

@@ -145,7 +145,7 @@ def _kernel_device(device: str) -> torch.device:
         pytest.skip("no CUDA device with Triton")
     if device == "cpu" and shutil.which("cc") is None:
         pytest.skip("no C compiler: the torch ops are the only path")
-    assert device == "cuda" or kernels.lif_library() is not None
+    assert device == "cuda" or kernels.library() is not None
     return torch.device(device)
 
 

@@ -189,6 +189,28 @@ def test_score_resets_state_between_batches():
     assert score_model(net, xs, ScoreConfig()) == pytest.approx(score_model(net, xs, ScoreConfig()))
 
 
+def test_cpu_scoring_kernels_match_torch_ops_and_ignore_the_thread_count(monkeypatch):
+    """CPU scoring runs channels-last with the popcount Gram, fixed-order BatchNorm statistics and the compiled
+    LIF step: the score equals the torch-ops path to float rounding, is the same number for one or two
+    threads (the search promises serial == parallel), and leaves the model's parameters contiguous."""
+    from spikesearch import kernels
+
+    if kernels.library() is None:
+        pytest.skip("no C compiler")
+    torch.manual_seed(0)
+    net = SNASNet(parse_cnt_mat("cifar100_bw"), "backward", timesteps=3)
+    xs = _batches(2, 64)
+    runs = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        runs.append(score_model(net, xs, ScoreConfig()))
+    assert runs[0] == runs[1]
+    assert all(p.is_contiguous() for p in net.parameters())
+    monkeypatch.setattr(kernels, "library", lambda: None)
+    # float64 BatchNorm statistics against torch's float32 ones flip a few spikes near threshold
+    assert runs[1] == pytest.approx(score_model(net, xs, ScoreConfig()), rel=1e-3)
+
+
 def _search(tmp_path=None, n=8, seed=0, strategy="random"):
     cfg = SearchConfig(num_search=n, seed=seed, strategy=strategy, population=4, tournament=2,
                        score=ScoreConfig(batch_size=16))

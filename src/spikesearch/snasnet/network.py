@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..batchnorm import BatchNorm2d
 from ..errors import SpikeSearchError
 from ..models import repeat_input
 from ..neurons import LIF, BaseNode, Stateful, TimeSharedDropout
@@ -37,8 +38,8 @@ class BoxFilter3(nn.Module):
 # op code -> (factory(C) -> module, whether the op consumes spikes of its source node)
 EDGE_OPS: Registry[tuple[Callable[[int], nn.Module], bool]] = Registry("edge op")
 EDGE_OPS.add("1", (lambda c: nn.Identity(), False))
-EDGE_OPS.add("2", (lambda c: nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c)), True))
-EDGE_OPS.add("3", (lambda c: nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)), True))
+EDGE_OPS.add("2", (lambda c: nn.Sequential(nn.Conv2d(c, c, 1, bias=False), BatchNorm2d(c)), True))
+EDGE_OPS.add("3", (lambda c: nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), BatchNorm2d(c)), True))
 EDGE_OPS.add("4", (lambda c: BoxFilter3(), False))
 
 
@@ -87,13 +88,13 @@ class SNASCell(nn.Module, Stateful):
             else:
                 ins = [self.edges[f"{i}{j}"](source(i, f"{i}{j}")) for i in range(j) if f"{i}{j}" in self.edges]
                 xj = sum(ins[1:], ins[0]) if ins else torch.zeros_like(x)  # no stack(): one pass less
-            z.append(xj + self.feedback[j] if j < NUM_NODES - 1 else xj)
+            fb = self.feedback[j] if j < NUM_NODES - 1 else 0.0
+            z.append(xj + fb if isinstance(fb, Tensor) else xj)  # adding a float 0 would still cost a pass
         new_fb: list[Tensor | float] = [0.0] * (NUM_NODES - 1)
         for k in range(NUM_NODES - 1):
-            for j in range(k + 1, NUM_NODES):
-                key = f"{j}{k}"
-                if key in self.edges:
-                    new_fb[k] = new_fb[k] + self.edges[key](source(j, key))
+            terms = [self.edges[f"{j}{k}"](source(j, f"{j}{k}")) for j in range(k + 1, NUM_NODES) if f"{j}{k}" in self.edges]
+            if terms:
+                new_fb[k] = sum(terms[1:], terms[0])
         self.feedback = new_fb
         return z[-1]
 
@@ -164,12 +165,12 @@ class SNASNet(nn.Module):
 
         m = macro
         self.stem = nn.Sequential(nn.Conv2d(m.in_channels, m.c1, 3, stride=m.stem_stride, padding=1, bias=False),
-                                  nn.BatchNorm2d(m.c1))
+                                  BatchNorm2d(m.c1))
         self.cell1 = SNASCell(m.c1, self.mat, neuron)
-        self.downconv = nn.Sequential(nn.BatchNorm2d(m.c1), neuron(), nn.Conv2d(m.c1, m.c2, 3, padding=1, bias=False),
-                                      nn.BatchNorm2d(m.c2), nn.AvgPool2d(2, 2))
+        self.downconv = nn.Sequential(BatchNorm2d(m.c1), neuron(), nn.Conv2d(m.c1, m.c2, 3, padding=1, bias=False),
+                                      BatchNorm2d(m.c2), nn.AvgPool2d(2, 2))
         self.cell2 = SNASCell(m.c2, self.mat, neuron)
-        self.last_act = nn.Sequential(nn.BatchNorm2d(m.c2), neuron(), nn.AvgPool2d(m.second_avgpooling, m.second_avgpooling))
+        self.last_act = nn.Sequential(BatchNorm2d(m.c2), neuron(), nn.AvgPool2d(m.second_avgpooling, m.second_avgpooling))
         self.classifier = nn.Sequential(nn.Flatten(), TimeSharedDropout(m.dropout),
                                         nn.Linear(m.c2 * m.feature_size ** 2, m.hidden, bias=False), neuron(),
                                         nn.Linear(m.hidden, m.out_neurons))
@@ -206,4 +207,8 @@ class SNASNet(nn.Module):
         if x.shape[-1] != self.macro.image_size or x.shape[-2] != self.macro.image_size:
             raise SpikeSearchError(f"SNASNet built for {self.macro.image_size}px images, got shape {tuple(x.shape)}")
         h = self.stem(x)
+        if self.downconv[2].weight.is_contiguous(memory_format=torch.channels_last):
+            # a model moved to channels-last (CPU scoring) keeps every map so: a 1-channel image, and the
+            # stem's output with it, would stay NCHW, and mixed layouts make each sum a strided pass
+            h = h.contiguous(memory_format=torch.channels_last)
         return torch.stack([self.step(h) for _ in range(self.timesteps)]).mean(0)

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .. import kernels
 from ..errors import SpikeSearchError
 from ..neurons import BaseNode, TimeSharedDropout, reset
 
 NORMALISATIONS = ("rate", "january", "none")
 AGGREGATES = ("mean", "sum")
+CPU_KERNEL_CHUNK = 4
 
 
 @dataclass
@@ -46,9 +48,12 @@ class ScoreConfig:
 
 
 def gram(x: Tensor) -> Tensor:
-    """``x @ x.T`` of one spike map [B, N] of exact zeros and ones, as every neuron here emits: integer counts,
-    exact in float32 below 2^24 features. Its diagonal holds each sample's spike count."""
-    x = x.to(torch.float32)  # a no-op for float32 spikes; half-precision counts would not be exact
+    """``x @ x.T`` of one spike map [B, ...] of exact zeros and ones (flattened per sample), as every neuron
+    here emits: integer counts, exact in float32 below 2^24 features. Its diagonal holds each sample's
+    spike count. On the CPU the counts are popcounts of packed spikes (about 5x faster than the matmul)."""
+    if kernels.gram_usable(x):
+        return kernels.spike_gram(x)
+    x = x.flatten(1).to(torch.float32)  # a no-op for float32 spikes; half-precision counts would not be exact
     return x @ x.T
 
 
@@ -67,8 +72,8 @@ def hamming_kernels(grams: Tensor, n_feat: Tensor, cfg: ScoreConfig) -> Tensor:
 
 
 def hamming_kernel(x: Tensor, cfg: ScoreConfig) -> Tensor:
-    """Kernel [B, B] of one spike map ``x`` [B, N] (float64)."""
-    return hamming_kernels(gram(x)[None], torch.tensor([x.shape[1]]), cfg)[0]
+    """Kernel [B, B] of one spike map ``x`` [B, ...] (float64)."""
+    return hamming_kernels(gram(x)[None], torch.tensor([x[0].numel()]), cfg)[0]
 
 
 class KernelHooks:
@@ -91,7 +96,7 @@ class KernelHooks:
         w = float(getattr(module, "score_weight", 1))
         steps = out if module.step_mode == "m" else out.unsqueeze(0)
         for s in steps:
-            self.grams.append(gram(s.flatten(1)))
+            self.grams.append(gram(s))
             self.n_feat.append(s[0].numel())
             self.weights.append(w)
 
@@ -102,29 +107,42 @@ class KernelHooks:
     def result(self) -> Tensor:
         if not self.grams:
             raise SpikeSearchError("the model has no spiking neurons to score")
-        kernels = hamming_kernels(torch.stack(self.grams), torch.tensor(self.n_feat), self.cfg)
-        w = torch.tensor(self.weights, dtype=kernels.dtype, device=kernels.device)
-        kernel = torch.tensordot(w, kernels, dims=1)
+        grams, n_feat = torch.stack(self.grams), torch.tensor(self.n_feat)
+        w = torch.tensor(self.weights, dtype=torch.float64, device=grams.device)
+        # all at once on a GPU (launches are what cost there); on the CPU a few at a time, so that the
+        # float64 temporaries stay in cache: [45, 256, 256] at once took 0.2 s per batch
+        step = len(grams) if grams.is_cuda else CPU_KERNEL_CHUNK
+        kernel = sum(torch.tensordot(w[i:i + step], hamming_kernels(grams[i:i + step], n_feat[i:i + step], self.cfg), dims=1)
+                     for i in range(0, len(grams), step))
         return kernel / w.sum() if self.cfg.aggregate == "mean" else kernel
 
 
 @torch.inference_mode()
 def score_model(model: nn.Module, batches: list[Tensor], cfg: ScoreConfig) -> float:
     """Mean over ``batches`` of log|det K|. State is reset before every pass (the official code
-    carried membrane potentials from the first scoring batch into the second)."""
+    carried membrane potentials from the first scoring batch into the second). Image batches on the CPU
+    are scored channels-last; the model's parameters are returned to the contiguous format after."""
     cfg.validate()
     model.train()
     for m in model.modules():
         if isinstance(m, TimeSharedDropout) and not cfg.dropout:
             m.eval()
-    kernels = []
-    for x in batches:
+    channels_last = all(x.device.type == "cpu" and x.dim() == 4 for x in batches)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        batches = [x.contiguous(memory_format=torch.channels_last) for x in batches]
+    found = []
+    try:
+        for x in batches:
+            reset(model)
+            hooks = KernelHooks(model, cfg)
+            try:
+                model(x)
+            finally:
+                hooks.remove()
+            found.append(hooks.result())
+    finally:
         reset(model)
-        hooks = KernelHooks(model, cfg)
-        try:
-            model(x)
-        finally:
-            hooks.remove()
-        kernels.append(hooks.result())
-    reset(model)
-    return float(torch.linalg.slogdet(torch.stack(kernels))[1].mean())  # one host sync per candidate
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
+    return float(torch.linalg.slogdet(torch.stack(found))[1].mean())  # one host sync per candidate
