@@ -18,7 +18,12 @@ from spikesearch.loader import Augment
 from spikesearch.neurons import reset
 from spikesearch.snasnet.network import macro_config
 from spikesearch.snasnet.parallel import SNASNetBuilder
-from spikesearch.snasnet.score import KernelHooks, ScoreConfig, score_model
+from spikesearch.snasnet.score import (
+    KernelHooks,
+    ScoreConfig,
+    score_model,
+    scoring_layout,
+)
 from spikesearch.snasnet.space import parse_cnt_mat
 
 
@@ -51,12 +56,13 @@ def main() -> None:
 
     @torch.inference_mode()
     def forward(hooked: bool) -> None:
-        reset(net)
-        hooks = KernelHooks(net, cfg) if hooked else None
-        net(batches[0])
-        if hooks is not None:
-            hooks.remove()
-            hooks.result()
+        with scoring_layout(net, batches[:1]) as (x,):  # as score_model runs it
+            reset(net)
+            hooks = KernelHooks(net, cfg) if hooked else None
+            net(x)
+            if hooks is not None:
+                hooks.remove()
+                hooks.result()
 
     print(f"{a.device}, batch {a.batch}, cell {' '.join(a.cnt_mat)}; ms per call, mean of {a.repeats}:")
     print(f"  build the model            {ms(lambda: build(mat)):8.2f}")

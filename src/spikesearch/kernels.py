@@ -106,7 +106,7 @@ def lif_forward(x: Tensor, a: float, b: float, c: float, v0: float, v_th: float,
     h, s, v = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x[0])
     hard = v_reset is not None
     library().lif_forward(x.data_ptr(), h.data_ptr(), s.data_ptr(), v.data_ptr(), t_len, n, a, b, c, v0, v_th,
-                              v_reset if hard else 0.0, int(hard), _threads(n))
+                          v_reset if hard else 0.0, int(hard), _threads(n))
     return h, s, v
 
 
@@ -121,7 +121,7 @@ def lif_backward(grad_s: Tensor, h: Tensor, a: float, b: float, v_th: float, har
     t_len, n = h.shape[0], h[0].numel()
     grad_x = torch.empty_like(h)
     library().lif_backward(grad_s.data_ptr(), sg.data_ptr() if sg is not None else None, h.data_ptr(),
-                               grad_x.data_ptr(), t_len, n, a, b, v_th, int(hard), atan_alpha, _threads(n))
+                           grad_x.data_ptr(), t_len, n, a, b, v_th, int(hard), atan_alpha, _threads(n))
     return grad_x
 
 

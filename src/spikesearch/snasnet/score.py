@@ -19,6 +19,8 @@ independent of the thread count, so a score is the same number in any process.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -123,32 +125,40 @@ class KernelHooks:
         return kernel / w.sum() if self.cfg.aggregate == "mean" else kernel
 
 
+@contextmanager
+def scoring_layout(model: nn.Module, batches: list[Tensor]) -> Iterator[list[Tensor]]:
+    """Image batches on the CPU, and the model with them, go channels-last for the block (the fast layout for
+    oneDNN at these widths); the model's parameters return to the contiguous format after it."""
+    if not all(x.device.type == "cpu" and x.dim() == 4 for x in batches):
+        yield batches
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield [x.contiguous(memory_format=torch.channels_last) for x in batches]
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 @torch.inference_mode()
 def score_model(model: nn.Module, batches: list[Tensor], cfg: ScoreConfig) -> float:
     """Mean over ``batches`` of log|det K|. State is reset before every pass (the official code
-    carried membrane potentials from the first scoring batch into the second). Image batches on the CPU
-    are scored channels-last; the model's parameters are returned to the contiguous format after."""
+    carried membrane potentials from the first scoring batch into the second)."""
     cfg.validate()
     model.train()
     for m in model.modules():
         if isinstance(m, TimeSharedDropout) and not cfg.dropout:
             m.eval()
-    channels_last = all(x.device.type == "cpu" and x.dim() == 4 for x in batches)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-        batches = [x.contiguous(memory_format=torch.channels_last) for x in batches]
     found = []
     try:
-        for x in batches:
-            reset(model)
-            hooks = KernelHooks(model, cfg)
-            try:
-                model(x)
-            finally:
-                hooks.remove()
-            found.append(hooks.result())
+        with scoring_layout(model, batches) as batches:
+            for x in batches:
+                reset(model)
+                hooks = KernelHooks(model, cfg)
+                try:
+                    model(x)
+                finally:
+                    hooks.remove()
+                found.append(hooks.result())
     finally:
         reset(model)
-        if channels_last:
-            model.to(memory_format=torch.contiguous_format)
     return float(torch.linalg.slogdet(torch.stack(found))[1].mean())  # one host sync per candidate
