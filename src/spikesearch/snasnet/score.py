@@ -128,8 +128,9 @@ class KernelHooks:
 @contextmanager
 def scoring_layout(model: nn.Module, batches: list[Tensor]) -> Iterator[list[Tensor]]:
     """Image batches on the CPU, and the model with them, go channels-last for the block (the fast layout for
-    oneDNN at these widths); the model's parameters return to the contiguous format after it."""
-    if not all(x.device.type == "cpu" and x.dim() == 4 for x in batches):
+    oneDNN at these widths); the model's parameters return to the contiguous format after it. Only with the
+    compiled library: without its fixed-order statistics, channels-last BatchNorm depends on the thread count."""
+    if kernels.library() is None or not all(x.device.type == "cpu" and x.dim() == 4 for x in batches):
         yield batches
         return
     model.to(memory_format=torch.channels_last)
