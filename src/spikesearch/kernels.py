@@ -90,9 +90,10 @@ def usable(*tensors: Tensor) -> bool:
     return kinds == {"cpu"} and dtypes == {torch.float32} and library() is not None
 
 
-def step_usable(*tensors: Tensor) -> bool:
-    """True when ``neuron_step`` can take these tensors: the CPU's only. On a GPU one Triton launch costs more
-    host time than the four torch ops it would replace (measured on an H100 while scoring)."""
+def cpu_usable(*tensors: Tensor) -> bool:
+    """True when the C library can take these tensors: all float32 on the CPU. The gate of the CPU-only
+    kernels, ``neuron_step`` included: on a GPU one Triton launch for a single step costs more host time
+    than the four torch ops it would replace (measured on an H100 while scoring)."""
     return all(t.device.type == "cpu" for t in tensors) and usable(*tensors)
 
 
@@ -152,8 +153,7 @@ def neuron_step(x: Tensor, v: Tensor | float, a: float, b: float, c: float, v_th
 
 def gram_usable(x: Tensor) -> bool:
     """True when ``spike_gram`` can take ``x``: float32 on the CPU, each sample one block of memory."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2 and dense_format(x) is not None
-            and library() is not None)
+    return cpu_usable(x) and x.dim() >= 2 and dense_format(x) is not None
 
 
 def _check(status: int, what: str) -> None:
@@ -173,8 +173,7 @@ def spike_gram(x: Tensor) -> Tensor:
 
 def stats_usable(x: Tensor) -> bool:
     """True when ``channel_stats`` can take ``x``: a float32 channels-last [B, C, H, W] map on the CPU."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and dense_format(x) == torch.channels_last
-            and library() is not None)
+    return cpu_usable(x) and dense_format(x) == torch.channels_last
 
 
 def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:

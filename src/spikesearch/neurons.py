@@ -85,7 +85,7 @@ class BaseNode(nn.Module, Stateful):
             )
         coeffs = self.linear_charge()
         if (coeffs is not None and not torch.is_grad_enabled()
-                and kernels.step_usable(x, *([v] if isinstance(v, Tensor) else []))):
+                and kernels.cpu_usable(x, *([v] if isinstance(v, Tensor) else []))):
             s, self.v = kernels.neuron_step(x, v, *coeffs, self.v_threshold, self.v_reset)  # no graph to build
             return s
         h = self.charge(x, v)
