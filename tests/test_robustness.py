@@ -67,7 +67,7 @@ def test_kill_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise KeyboardInterrupt  # what the process sees when stopped between writing the bytes and renaming
 
     monkeypatch.setattr(run_module.os, "fsync", killed_mid_write)
-    assert main([*argv, "--epochs", "2", "--resume"]) == 130
+    assert main([*argv, "--epochs", "2", "--resume", "--override", "epochs"]) == 130
     assert last.read_bytes() == before and load_checkpoint(last)["epoch"] == 0
     assert not [p for p in last.parent.iterdir() if p.name.startswith(".")]  # no half-written file left over
 
@@ -120,8 +120,8 @@ CASES = {
     "nothing-to-search": (["dhs", "search", "--no_cell_search", "--no_layer_search"], "nothing to search", None),
     "missing-genotype": (["dhs", "train", "--genotype", "DATA/g.json"], "genotype file", None),
 }
-RUN_OPTION = {"snasnet": ["--exp_name", "keep"], "train": ["--name", "keep"], "dhs": ["--name", "keep"],
-              "train-ann": ["--job_dir", "RUNS/keep"], "convert": ["--job_dir", "RUNS/keep"]}
+RUN_OPTION = {"snasnet": ["--exp_name", "fresh"], "train": ["--name", "fresh"], "dhs": ["--name", "fresh"],
+              "train-ann": ["--job_dir", "RUNS/fresh"], "convert": ["--job_dir", "RUNS/fresh"]}
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +163,7 @@ def test_bad_input_is_one_clear_line_and_damages_nothing(case, kept, tmp_path, c
     assert code == 2
     assert len(err) == 1 and err[0].startswith("spikesearch") and "error:" in err[0] and msg in err[0], err
     assert snapshot(runs / "keep") == before
+    assert not (runs / "fresh").exists()  # a failed command writes nothing
 
 
 def test_unwritable_run_folder_is_one_clear_line(tmp_path, capsys):

@@ -27,7 +27,7 @@ def fit(tmp_path, name, epochs, resume=False, lr=2e-3, n_train=512):
     tr, te, _ = loaders(n_train)
     model = small_net()
     cfg = TrainConfig(epochs=epochs, optimizer="adam", lr=lr, weight_decay=0, progress=False)
-    result = Trainer(model, tr, te, cfg, Run(name, tmp_path, quiet=True)).fit(resume=resume)
+    result = Trainer(model, tr, te, cfg, Run(name, tmp_path, quiet=True, resume=resume)).fit()
     return model, result
 
 
@@ -83,10 +83,9 @@ def test_nan_loss_stops_cleanly_and_keeps_last_checkpoint(tmp_path):
     before = (tmp_path / "nan/checkpoints/last.pt").read_bytes()
     tr, te, _ = loaders()
     model = small_net()
-    with torch.no_grad():
-        model.classifier.module[1].weight.fill_(float("nan"))
-    trainer = Trainer(model, tr, te, TrainConfig(epochs=2, progress=False), Run("nan", tmp_path, quiet=True))
-    with pytest.raises(SpikeSearchError, match="loss became nan"):
+    model.classifier.register_forward_hook(lambda m, i, out: out * float("nan"))  # diverges in epoch 2
+    trainer = Trainer(model, tr, te, TrainConfig(epochs=2, progress=False), Run("nan", tmp_path, quiet=True, resume=True))
+    with pytest.raises(SpikeSearchError, match="loss became nan at epoch 2.*last good checkpoint is .*last.pt"):
         trainer.fit()
     assert (tmp_path / "nan/checkpoints/last.pt").read_bytes() == before
 

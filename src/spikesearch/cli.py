@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 import torch
 
+from . import args as arg
 from . import distributed
+from . import run as run_module
 from .convert import command as convert_command
 from .datasets import DATASETS
 from .dhs import command as dhs_command
@@ -15,38 +18,18 @@ from .events import SPLITS
 from .models import SpikingCNN
 from .neurons import NEURONS
 from .pipeline import make_loaders, train_and_report
-from .run import Run
+from .run import RunRequest
 from .snasnet import command as snasnet_command
 from .surrogate import SURROGATES
 from .trainer import TrainConfig, pick_device, seed_everything
 
 
-def positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
-    return v
-
-
-def nonneg_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs_dir", default="runs", help="parent folder of run folders")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    p.add_argument("--device", type=arg.device, default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    arg.add_run_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
+    p.add_argument("--threads", type=arg.positive_int, default=None, help="CPU threads for torch")
     p.add_argument("--event_split", default="number", choices=SPLITS,
                    help="event datasets (nmnist, dvsgesture, cifar10dvs): T frames of equal event count or equal duration")
 
@@ -57,18 +40,19 @@ TAU_ARGUMENT = {"lif": "tau", "plif": "init_tau"}
 
 def cmd_train(a: argparse.Namespace) -> dict:
     device = pick_device(a.device)
+    request = RunRequest.from_args(a, a.name, a.runs_dir)
+    request.check()
     seed_everything(a.seed)
     train, test, info = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset,
                                      frames=a.timestep, split_by=a.event_split)
-    tau = {TAU_ARGUMENT[a.neuron]: a.tau} if a.neuron in TAU_ARGUMENT else {}
+    tau_kw = {TAU_ARGUMENT[a.neuron]: a.tau} if a.neuron in TAU_ARGUMENT else {}
     model = SpikingCNN(info.channels, info.num_classes, info.size, a.widths, a.timestep, a.neuron,
-                       surrogate=a.surrogate, **tau)
-    run = Run(a.name, a.runs_dir)  # only after the inputs checked out: a failed command writes nothing
-    run.save_args(a)
+                       surrogate=a.surrogate, **tau_kw)
+    run = request.open()  # only after the inputs checked out: a failed command writes nothing
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
                       weight_decay=a.weight_decay, scheduler=a.scheduler, seed=a.seed, progress=not a.quiet)
     return train_and_report(model.to(device), train, test, cfg, run, a.timestep,
-                            f"SpikingCNN {list(a.widths)} ({a.neuron}) on {a.dataset}", resume=a.resume)
+                            f"SpikingCNN {list(a.widths)} ({a.neuron}) on {a.dataset}", resume=run.resumed)
 
 
 def cmd_datasets(a: argparse.Namespace) -> None:
@@ -93,77 +77,106 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", default="train")
     t.add_argument("--dataset", default="fmnist-small")
     t.add_argument("--data_dir", default=None)
-    t.add_argument("--epochs", type=positive_int, default=3)
-    t.add_argument("--batch_size", type=positive_int, default=64)
+    t.add_argument("--epochs", type=arg.positive_int, default=3)
+    t.add_argument("--batch_size", type=arg.positive_int, default=64)
     t.add_argument("--optimizer", default="adam", choices=["sgd", "adam"])
-    t.add_argument("--lr", type=nonneg_float, default=1e-3)
-    t.add_argument("--weight_decay", type=nonneg_float, default=0.0)
+    t.add_argument("--lr", type=arg.positive_float, default=1e-3)
+    t.add_argument("--weight_decay", type=arg.nonneg_float, default=0.0)
     t.add_argument("--scheduler", default="cosine", choices=["cosine", "multistep", "step", "none"])
-    t.add_argument("--timestep", type=positive_int, default=4)
+    t.add_argument("--timestep", type=arg.positive_int, default=4)
     t.add_argument("--neuron", default="lif", choices=NEURONS.names())
-    t.add_argument("--tau", type=float, default=2.0)
+    t.add_argument("--tau", type=arg.tau, default=2.0)
     t.add_argument("--surrogate", default="atan")
-    t.add_argument("--widths", type=positive_int, nargs="+", default=[32, 64])
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--train_subset", type=positive_int, default=None)
-    t.add_argument("--test_subset", type=positive_int, default=None)
+    t.add_argument("--widths", type=arg.positive_int, nargs="+", default=[32, 64])
+    t.add_argument("--seed", type=arg.seed, default=0)
+    t.add_argument("--train_subset", type=arg.positive_int, default=None)
+    t.add_argument("--test_subset", type=arg.positive_int, default=None)
     add_common(t)
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("snasnet", help="SNASNet search / train / evaluate (official flags)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    snasnet_command.add_arguments(s, positive_int, nonneg_float)
+    snasnet_command.add_arguments(s)
     add_common(s)
     s.set_defaults(func=snasnet_command.run_snasnet)
 
     ta = sub.add_parser("train-ann", help="train a (binary-weight) VGG ANN for conversion",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    convert_command.add_train_ann_arguments(ta, positive_int, nonneg_float)
+    convert_command.add_train_ann_arguments(ta)
     add_common(ta)
     ta.set_defaults(func=convert_command.cmd_train_ann)
 
     c = sub.add_parser("convert", help="convert a trained ANN to an SNN and simulate it (official flags)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    convert_command.add_convert_arguments(c, positive_int, nonneg_float)
+    convert_command.add_convert_arguments(c)
+    arg.add_run_flags(c, resume=False)
     c.add_argument("--quiet", action="store_true", help="no progress bars")
-    c.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
+    c.add_argument("--threads", type=arg.positive_int, default=None, help="CPU threads for torch")
     c.set_defaults(func=convert_command.cmd_convert)
 
     h = sub.add_parser("dhs", help="SpikeDHS differentiable search: search | derive | train")
-    dhs_command.add_arguments(h, positive_int, nonneg_float, add_common)
+    dhs_command.add_arguments(h, add_common)
 
     d = sub.add_parser("datasets", help="list datasets, their expected layouts, neurons and surrogates")
     d.set_defaults(func=cmd_datasets)
     return p
 
 
-def run_folder(args: argparse.Namespace) -> str:
-    if getattr(args, "job_dir", None):
-        return args.job_dir
-    return f"{args.runs_dir}/{getattr(args, 'name', None) or args.exp_name}"
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` runs: worker pools are stopped, runs closed."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
+
+
+def _interrupted(args: argparse.Namespace, folders: list) -> str:
+    if not folders:
+        return "interrupted before anything was written"
+    if hasattr(args, "resume"):
+        return f"interrupted; rerun the same command with --resume to continue {folders[-1]}"
+    return f"interrupted; {folders[-1]} is incomplete (rerun with --overwrite to replace it)"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    result, code, before = None, 0, len(run_module.opened())
     try:
         result = args.func(args)
         speaks = distributed.is_main()  # asked before leave(), after which every rank looks like rank 0
     except SpikeSearchError as e:
         print(f"spikesearch: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("spikesearch: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
-        return 130
+        code = 2
+    except KeyboardInterrupt as e:
+        print(f"spikesearch: {_interrupted(args, run_module.opened()[before:])}", file=sys.stderr)
+        code = 143 if isinstance(e, Terminated) else 130
+    except Exception as e:
+        if not _out_of_memory(e):
+            raise
+        print(f"spikesearch: error: out of memory ({str(e).splitlines()[0][:200]}); lower --batch_size or "
+              "--timestep", file=sys.stderr)
+        code = 2
     finally:
+        run_module.close_all()
         distributed.leave()
-    if isinstance(result, dict) and speaks:
+        signal.signal(signal.SIGTERM, previous)
+    if code == 0 and isinstance(result, dict) and speaks:
         acc = result.get("test_acc")
         if acc is not None:
             print(f"test accuracy: {100 * acc:.2f}%")
-        print(f"run folder: {run_folder(args)}")
-    return 0
+        folders = run_module.opened()[before:]
+        if folders:
+            print(f"run folder: {folders[-1]}")
+    return code
 
 
 if __name__ == "__main__":

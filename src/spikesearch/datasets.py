@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -104,7 +105,11 @@ def _missing(info: DatasetInfo, root: Path | None, what: str) -> SpikeSearchErro
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (gzipped or plain): big-endian magic ``0x0000 08 nd``, nd uint32 dims, uint8 data."""
     path = Path(path)
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise SpikeSearchError(f"cannot read {path}: {getattr(e, 'strerror', None) or str(e) or type(e).__name__}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise SpikeSearchError(f"{path}: not a uint8 IDX file (bad magic number)")
     nd = raw[3]
@@ -168,8 +173,9 @@ def load_cifar_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             d = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError) as e:
-        raise SpikeSearchError(f"{path}: not a CIFAR python batch ({e})") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, TypeError, IndexError, KeyError,
+            UnicodeDecodeError, OverflowError) as e:
+        raise SpikeSearchError(f"{path}: not a CIFAR python batch ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(d, dict):
         raise SpikeSearchError(f"{path}: not a CIFAR python batch (top level is {type(d).__name__}, not dict)")
     return d
@@ -179,10 +185,14 @@ def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     d = load_cifar_pickle(path)
     if "data" not in d or label_key not in d:
         raise SpikeSearchError(f"{path}: CIFAR batch lacks 'data' or {label_key!r} (keys: {sorted(d)})")
-    data = np.asarray(d["data"], dtype=np.uint8)
-    if data.ndim != 2 or data.shape[1] != 3072:
-        raise SpikeSearchError(f"{path}: 'data' must be N x 3072 uint8, got {data.shape}")
-    return data.reshape(-1, 3, 32, 32), np.asarray(d[label_key], dtype=np.int64)
+    data, labels = np.asarray(d["data"]), np.asarray(d[label_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise SpikeSearchError(f"{path}: 'data' must be N x 3072 uint8 pixels, got {data.dtype} {data.shape}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise SpikeSearchError(f"{path}: {label_key!r} must be a list of integer class indices, got {labels.dtype} {labels.shape}")
+    if len(labels) != len(data):
+        raise SpikeSearchError(f"{path}: {len(data)} images but {len(labels)} labels")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def _read_cifar(root: Path | None, info: DatasetInfo):
@@ -196,6 +206,8 @@ def _read_cifar(root: Path | None, info: DatasetInfo):
     if base is None or not all((base / f).is_file() for f in splits[0] + splits[1]):
         raise _missing(info, root, "CIFAR python batches not found")
     classes = list(load_cifar_pickle(base / meta).get(names_key, [])) if (base / meta).is_file() else []
+    if classes and (len(classes) != info.num_classes or not all(isinstance(c, str) for c in classes)):
+        raise SpikeSearchError(f"{base / meta}: {names_key!r} must list {info.num_classes} class names")
     out = []
     for files in splits:
         xs, ys = zip(*(_cifar_batch(base / f, label_key) for f in files))
@@ -310,6 +322,23 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS.get(name)
 
 
+def check_split(info: DatasetInfo, split: str, data) -> None:
+    """What a reader returned is what the models expect: uint8 ``[N, C, H, W]`` images of the dataset's shape,
+    one label per sample, every label a class index. Checked before any run folder opens."""
+    labels = torch.as_tensor(data.labels)
+    if isinstance(data, ImageSet):
+        x = data.images
+        expected = (info.channels, info.size, info.size)
+        if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise SpikeSearchError(f"{info.name} {split}: images are {x.dtype} {tuple(x.shape)}, expected uint8 "
+                                   f"N x {' x '.join(map(str, expected))}")
+        if len(x) != len(labels):
+            raise SpikeSearchError(f"{info.name} {split}: {len(x)} images but {len(labels)} labels")
+    if len(labels) and (labels.dtype.is_floating_point or int(labels.min()) < 0 or int(labels.max()) >= info.num_classes):
+        raise SpikeSearchError(f"{info.name} {split}: labels span {labels.min().item()}..{labels.max().item()}, "
+                               f"but the {info.num_classes} classes are 0..{info.num_classes - 1}")
+
+
 def load_dataset(name: str, root: str | Path | None = None, frames: int | None = None, split_by: str = "number"):
     """Return ``(train, test, info)``. ``root`` defaults to the dataset's standard path, if it has one.
     Event datasets are binned into ``frames`` frames per sample (see ``events.to_frames``)."""
@@ -323,4 +352,6 @@ def load_dataset(name: str, root: str | Path | None = None, frames: int | None =
         raise SpikeSearchError(f"{name} is an event dataset: it needs the number of frames per sample")
     else:
         train, test = info.reader(root, info, frames, split_by)
+    check_split(info, "train", train)
+    check_split(info, "test", test)
     return train, test, info

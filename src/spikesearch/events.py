@@ -129,6 +129,9 @@ def _aedat3_packets(path: Path, read: Callable[[int, int], bytes], size: int):
         end = pos + 28 + int(capacity) * int(e_size)
         if end > size or e_size == 0:
             raise SpikeSearchError(f"{path}: truncated AEDAT 3 packet at byte {pos} ({capacity} x {e_size} bytes announced)")
+        if e_type == POLARITY_EVENT and (e_size < 8 or e_size % 4):
+            raise SpikeSearchError(f"{path}: the polarity packet at byte {pos} has {e_size}-byte events "
+                                   "(AEDAT 3.1 polarity events are 8 bytes: address word, timestamp)")
         yield pos + 28, int(e_type), int(e_size), int(capacity), int(overflow)
         pos = end
 
@@ -239,6 +242,9 @@ def nmnist(root: Path, size: int, frames: int, split_by: str) -> tuple[EventSet,
         files = sorted(base.glob("*/*.bin"), key=lambda p: (p.parent.name, _natural(p))) if base.is_dir() else []
         if not files:
             raise FileNotFoundError(f"no {split}/<digit>/*.bin")
+        bad = sorted({p.parent.name for p in files if not p.parent.name[-1:].isdigit()})
+        if bad:
+            raise SpikeSearchError(f"{base}: class folder {bad[0]!r} does not end in a digit (N-MNIST folders are 0..9)")
         labels = [int(p.parent.name[-1]) for p in files]  # tonic: the last character of the folder name
         out.append(EventSet([(p, 0, -1) for p in files], labels, [str(i) for i in range(10)],
                             read_nmnist_bin, size, frames, split_by))

@@ -61,6 +61,11 @@ class BaseNode(nn.Module, Stateful):
         v_init: float | None = None,
     ) -> None:
         super().__init__()
+        if not (math.isfinite(v_threshold) and v_threshold > 0):
+            raise SpikeSearchError(f"neuron threshold must be a finite number > 0, got {v_threshold}")
+        for name, v in (("v_reset", v_reset), ("v_init", v_init)):
+            if v is not None and not math.isfinite(v):
+                raise SpikeSearchError(f"neuron {name} must be finite, got {v}")
         self.v_threshold = float(v_threshold)
         self.v_reset = None if v_reset is None else float(v_reset)
         self.surrogate = make_surrogate(surrogate)
@@ -197,7 +202,7 @@ class IF(BaseNode):
 class LIF(BaseNode):
     def __init__(self, tau: float = 2.0, decay_input: bool = True, **kw) -> None:
         super().__init__(**kw)
-        if tau <= 1.0:
+        if not (math.isfinite(tau) and tau > 1.0):
             raise SpikeSearchError(f"LIF tau must be > 1 (1/tau is a decay fraction), got {tau}")
         self.tau = float(tau)
         self.decay_input = decay_input

@@ -1,90 +1,319 @@
-"""The run folder: every command writes ``runs/<name>/`` with its config, log, metrics, checkpoints and plots."""
+"""The run folder contract: every command writes ``RUNS_DIR/NAME/`` (config, log, metrics, checkpoints,
+plots) and treats it like a database table.
+
+- **Names stay inside the runs folder.** A run name is a plain folder name: not empty, no path separator,
+  not ``.``/``..``, not hidden (temp files start with a dot).
+- **One writer.** A run folder is locked (``flock`` on ``.lock``, released by the kernel when the process
+  dies, so a crash leaves no stale lock); a second process on the same run fails with one line naming the
+  holder.
+- **Nothing destroyed without being asked.** A name that holds a run is refused unless ``--resume``
+  continues it or ``--overwrite`` replaces it; ``--overwrite`` never deletes an input of the command.
+- **Resume never mixes configurations.** ``--resume`` compares the stored resolved ``config.json`` with the
+  new one and refuses every difference that changes results (listed), unless ``--override KEY ...`` names
+  it; overrides are recorded in ``config.json``. ``--resume`` of a run that does not exist is refused.
+- **No torn files.** JSON, CSV and checkpoints are written to a temp file, fsynced and renamed; a save that
+  fails (disk full, read-only, a directory in the way) is one line and the previous file stays. Append-only
+  logs (``CsvLog``) write each row whole; a torn last row (a crash mid-append) is dropped and reported on
+  the next open, never glued to the next row. Temp files a kill left behind are removed on open.
+- ``config.json`` is written only once the command's inputs have been validated.
+"""
 from __future__ import annotations
 
 import atexit
 import csv
 import dataclasses
+import errno
+import fcntl
 import io
 import json
+import math
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Sequence
 
 from . import distributed
 from .errors import SpikeSearchError
 
+# settings that do not change a run's results: free to differ on --resume
+RUN_ONLY_KEYS = frozenset({
+    "resume", "overwrite", "override", "quiet", "threads", "device", "gpu", "runs_dir", "name", "exp_name",
+    "job_dir", "workers", "parallel", "ray_address", "top_k", "results_file", "n_workers", "search_only",
+    "command", "dhs_command", "resumed",
+})
+LOCK = ".lock"
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_write_bytes' temp names (mkstemp's 8 characters)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
-def _jsonable(obj: Any) -> Any:
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON values; non-finite floats become null (JSON has no NaN or Infinity)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
+        return jsonable(dataclasses.asdict(obj))
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        return obj.item()
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
     return obj
 
 
+def dump_json(obj: Any) -> bytes:
+    return (json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n").encode()
+
+
+def _why(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Write to a temp file in the same folder, fsync, then rename: a crash never leaves a half-written file,
+    and a failed write (disk full, read-only folder, a directory in the way) keeps the previous file."""
+    path = Path(path)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; a run folder's files follow the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        kept = f"; the previous {path.name} is kept" if path.is_file() else ""
+        raise SpikeSearchError(f"cannot write {path}: {_why(e)}{kept}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
-class Run:
-    """``path`` is the run folder every process reads from (checkpoints to resume). Under torchrun only
-    rank 0 writes it: the other ranks' ``file()`` points into a private temporary folder, deleted at exit,
-    so the commands need no rank checks of their own."""
+def run_path(name: str, root: str | Path) -> Path:
+    """``root/name`` for a plain run name; anything that could leave ``root`` or hide is refused."""
+    if not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".") \
+            or any(c in name for c in "/\\\0"):
+        raise SpikeSearchError(f"run name {name!r} is not a plain folder name (not empty, no '/', not starting "
+                               "with '.'): the run folder is RUNS_DIR/NAME")
+    if not str(root):
+        raise SpikeSearchError("the runs folder is empty ('')")
+    return Path(root) / name
 
-    def __init__(self, name: str, root: str | Path = "runs", quiet: bool = False) -> None:
-        self.path = Path(root) / name
+
+def split_job_dir(job_dir: str) -> tuple[str, Path]:
+    """``--job-dir PATH`` (the conversion repository's flag) as a (name, root) pair under the same rules."""
+    if not job_dir:
+        raise SpikeSearchError("--job-dir is empty: give the run folder's path")
+    p = Path(job_dir)
+    return p.name or job_dir, p.parent
+
+
+def config_of(args, **extra: Any) -> dict:
+    """The resolved configuration of a command: its parsed arguments (the handler left out) plus ``extra``."""
+    return jsonable({**extra, **{k: v for k, v in vars(args).items() if k != "func"}})
+
+
+def holds_run(path: Path) -> bool:
+    """A folder holds a run once anything but the lock and temp files is in it."""
+    return path.is_dir() and any(p.name != LOCK and not _TEMP.match(p.name) for p in path.iterdir())
+
+
+def _read_config(path: Path) -> dict:
+    cfg = path / "config.json"
+    if not cfg.exists():
+        raise SpikeSearchError(f"{path} holds no config.json, so --resume cannot check that it continues the same "
+                               "run; use --overwrite to start it again")
+    try:
+        stored = json.loads(cfg.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise SpikeSearchError(f"cannot read {cfg}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(stored, dict):
+        raise SpikeSearchError(f"{cfg} is not a JSON object")
+    return stored
+
+
+def config_diff(stored: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """Settings that differ between two resolved configs, ignoring those that do not change results."""
+    missing = "<not recorded>"
+    keys = sorted((stored.keys() | new.keys()) - RUN_ONLY_KEYS)
+    return {k: (stored.get(k, missing), new.get(k, missing)) for k in keys
+            if k not in stored or k not in new or stored[k] != new[k]}
+
+
+def check_run(path: Path, config: dict | None, resume: bool = False, overwrite: bool = False,
+              overrides: Sequence[str] = (), inputs: Iterable[str | Path] = ()) -> dict[str, tuple[Any, Any]]:
+    """Refuse what would lose, mix or overwrite work; returns the overridden differences of a resume.
+    Reads only: commands call it before their slow work, and ``Run`` again under the lock."""
+    if resume and overwrite:
+        raise SpikeSearchError("--resume continues a run and --overwrite replaces it: give one of them")
+    if overrides and not resume:
+        raise SpikeSearchError("--override only applies with --resume")
+    if path.exists() and not path.is_dir():
+        raise SpikeSearchError(f"cannot write the run folder {path}: it is a file")
+    exists = holds_run(path)
+    if resume:
+        if not exists:
+            raise SpikeSearchError(f"nothing to resume: {path} holds no run (check the name and the runs folder)")
+        if config is None:
+            return {}
+        diff = config_diff(_read_config(path), config)
+        unknown = [k for k in overrides if k not in config or k in RUN_ONLY_KEYS]
+        if unknown:
+            raise SpikeSearchError(f"--override {' '.join(unknown)}: not a setting of this command that changes results")
+        refused = {k: v for k, v in diff.items() if k not in overrides}
+        if refused:
+            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in refused.items())
+            raise SpikeSearchError(f"--resume would change the settings of {path}: {listed}; drop those flags, or "
+                                   f"name them in --override {' '.join(refused)} to change them deliberately")
+        return diff
+    if exists:
+        if not overwrite:
+            raise SpikeSearchError(f"{path} already holds a run: --resume continues it, --overwrite replaces it, "
+                                   "or choose another name")
+        root = path.resolve()
+        for item in inputs:
+            p = Path(item).resolve()
+            if p == root or root in p.parents:
+                raise SpikeSearchError(f"--overwrite would delete {item}, an input of this command, inside {path}")
+    return {}
+
+
+def _clear(path: Path) -> None:
+    for p in path.iterdir():
+        if p.name == LOCK:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _remove_stale_temps(path: Path) -> None:
+    for p in path.rglob(".*.tmp"):
+        if _TEMP.match(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+
+
+def _open_no_follow(path: Path, flags: int) -> int:
+    """Open a run-folder file without following a symlink planted in its place."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as e:
+        why = "it is a symbolic link (refused)" if e.errno == errno.ELOOP else _why(e)
+        raise SpikeSearchError(f"cannot open {path}: {why}") from None
+
+
+_OPEN: list[weakref.ref] = []  # weak: a Run the caller dropped is closed by its __del__
+_OPENED: list[Path] = []  # every run folder this process opened, in order
+
+
+class Run:
+    """A locked run folder (see the module doc). ``path`` is the folder every process reads from
+    (checkpoints to resume); under torchrun only rank 0 locks and writes it: the other ranks' ``file()``
+    points into a private temporary folder, deleted at exit, so the commands need no rank checks.
+
+    ``config`` (the resolved settings) is checked against the folder's ``config.json`` and written there;
+    ``resumed`` is True when the folder held a run that this one continues."""
+
+    def __init__(self, name: str, root: str | Path = "runs", quiet: bool = False, *, config: dict | None = None,
+                 resume: bool = False, overwrite: bool = False, overrides: Sequence[str] = (),
+                 inputs: Iterable[str | Path] = ()) -> None:
+        self.path = run_path(name, root)
         self.main = distributed.is_main()
         self.quiet = quiet or not self.main
         self._out = self.path
+        self._lock: int | None = None
+        self._log: int | None = None
+        self.resumed = resume
         if not self.main:
             self._out = Path(tempfile.mkdtemp(prefix=f"spikesearch-rank{distributed.rank_world()[0]}-"))
             atexit.register(shutil.rmtree, self._out, ignore_errors=True)
+        else:
+            check_run(self.path, config, resume, overwrite, overrides, inputs)  # before anything is created
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SpikeSearchError(f"cannot write the run folder {self.path}: {_why(e)}") from None
+            self._acquire()
+            try:
+                diff = check_run(self.path, config, resume, overwrite, overrides, inputs)  # again, now locked
+                if overwrite and holds_run(self.path):
+                    _clear(self.path)
+                _remove_stale_temps(self.path)
+                if config is not None:
+                    self._write_config(config, diff)
+            except BaseException:
+                self.close()
+                raise
+        self._log = _open_no_follow(self._out / "log.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        _OPEN.append(weakref.ref(self))
+        _OPENED.append(self.path)
+
+    def _acquire(self) -> None:
+        fd = _open_no_follow(self.path / LOCK, os.O_RDWR | os.O_CREAT)
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self._out / f".write_test{os.getpid()}"
-            probe.write_text("ok")
-            probe.unlink()
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            raise SpikeSearchError(f"cannot write the run folder {self.path}: {e.strerror or e}") from None
-        self._log = open(self._out / "log.txt", "a", buffering=1)
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise SpikeSearchError(f"cannot lock the run folder {self.path}: {_why(e)}") from None
+            raise SpikeSearchError(f"run folder {self.path} is in use by {holder or 'another process'}; "
+                                   "wait for it to end or choose another name") from None
+        self._lock = fd
+        info = f"process {os.getpid()} ({' '.join(['spikesearch', *sys.argv[1:]])[:300]}), since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+
+    def _write_config(self, config: dict, diff: dict) -> None:
+        if self.resumed:
+            stored = _read_config(self.path)
+            history = list(stored.get("resumed", []))
+            if diff:
+                history.append({"at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                "changed": {k: {"from": old, "to": new} for k, (old, new) in diff.items()}})
+            config = {**config, "resumed": history}
+            if config == stored:
+                return
+        atomic_write_bytes(self.path / "config.json", dump_json(config))
 
     def file(self, name: str) -> Path:
         return self._out / name
 
+    def dir(self, name: str) -> Path:
+        """A subfolder of the run (created); a file in its way is one clear line."""
+        path = self._out / name
+        try:
+            path.mkdir(exist_ok=True)
+        except OSError as e:
+            raise SpikeSearchError(f"cannot create {path}: {_why(e)}") from None
+        return path
+
     def log(self, msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        self._log.write(line + "\n")
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}\n"
+        try:
+            os.write(self._log, line.encode())
+        except OSError as e:
+            raise SpikeSearchError(f"cannot write {self._out / 'log.txt'}: {_why(e)}") from None
         if not self.quiet:
             print(msg, file=sys.stdout, flush=True)
 
     def save_json(self, name: str, obj: Any) -> Path:
         path = self.file(name)
-        atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
+        atomic_write_bytes(path, dump_json(obj))
         return path
-
-    def save_args(self, args, **extra: Any) -> Path:
-        """``config.json``: the resolved command-line arguments (the handler function left out)."""
-        return self.save_json("config.json", {**extra, **{k: v for k, v in vars(args).items() if k != "func"}})
 
     def save_csv(self, name: str, header: list[str], rows) -> bytes:
         """Write a CSV atomically; returns its bytes for callers that also copy it elsewhere."""
@@ -97,4 +326,142 @@ class Run:
         return data
 
     def close(self) -> None:
-        self._log.close()
+        if getattr(self, "_log", None) is not None:
+            os.close(self._log)
+            self._log = None
+        if getattr(self, "_lock", None) is not None:
+            try:
+                os.ftruncate(self._lock, 0)  # the holder line is only true while the lock is held
+            except OSError:
+                pass
+            os.close(self._lock)  # releases the flock
+            self._lock = None
+        _OPEN[:] = [r for r in _OPEN if r() is not None and r() is not self]
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __del__(self) -> None:  # a Run dropped without close() (Python API) still releases its lock
+        self.close()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    """A command's run folder before it is opened: ``check()`` early (read-only, before slow work), ``open()``
+    once the inputs have been validated (``config.json`` is written then, never before)."""
+
+    name: str
+    root: str | Path
+    config: dict
+    resume: bool = False
+    overwrite: bool = False
+    overrides: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+
+    @classmethod
+    def from_args(cls, a, name: str, root: str | Path, inputs: Iterable[str | Path | None] = (), **extra: Any) -> "RunRequest":
+        """From parsed arguments (after defaults are resolved): ``--resume``, ``--overwrite``, ``--override``."""
+        return cls(name, root, config_of(a, **extra), bool(getattr(a, "resume", False)), bool(getattr(a, "overwrite", False)),
+                   tuple(getattr(a, "override", None) or ()), tuple(str(i) for i in inputs if i))
+
+    def check(self) -> Path:
+        path = run_path(self.name, self.root)
+        if distributed.is_main():  # only rank 0 writes the folder; the others would see its run appear
+            check_run(path, self.config, self.resume, self.overwrite, self.overrides, self.inputs)
+        return path
+
+    def open(self, quiet: bool = False) -> Run:
+        return Run(self.name, self.root, quiet, config=self.config, resume=self.resume, overwrite=self.overwrite,
+                   overrides=self.overrides, inputs=self.inputs)
+
+
+def _alive() -> list[Run]:
+    return [r for r in (ref() for ref in _OPEN) if r is not None]
+
+
+def close_all() -> None:
+    """Close every run this process still has open (the CLI calls it as a command ends)."""
+    for r in _alive():
+        r.close()
+
+
+def opened() -> list[Path]:
+    """The run folders this process has opened, oldest first."""
+    return list(_OPENED)
+
+
+class CsvLog:
+    """An append-only CSV that survives torn writes: each row is one ``write`` of a whole line followed by
+    fsync; a write that fails is cut back to the previous row; on open a torn last line (a crash mid-write)
+    is dropped and reported in ``dropped``, a zero-byte file gets its header, and a wrong header or a
+    malformed row is one clear error. ``check(row)`` may raise ``ValueError`` for a row it cannot parse."""
+
+    def __init__(self, path: Path, header: list[str], check: Callable[[dict], Any] | None = None) -> None:
+        self.path, self.header = Path(path), list(header)
+        self.rows: list[dict] = []
+        self.dropped = ""
+        self._fd: int | None = None
+        if self.path.exists() and not self.path.is_file():
+            raise SpikeSearchError(f"cannot use {self.path}: it is not a regular file")
+        raw = self.path.read_bytes() if self.path.is_file() else b""
+        end = raw.rfind(b"\n") + 1
+        if end < len(raw):
+            self.dropped = raw[end:].decode(errors="replace")
+            raw = raw[:end]
+        text = raw.decode(errors="replace")
+        lines = list(csv.reader(io.StringIO(text)))
+        if lines and lines[0] != self.header:
+            raise SpikeSearchError(f"{self.path}: header {','.join(lines[0])!r} is not {','.join(self.header)!r}; "
+                                   "it was not written by this command (use another name)")
+        for n, values in enumerate(lines[1:], 2):
+            row = dict(zip(self.header, values))
+            try:
+                if len(values) != len(self.header):
+                    raise ValueError(f"{len(values)} fields, expected {len(self.header)}")
+                if check is not None:
+                    check(row)
+            except ValueError as e:
+                raise SpikeSearchError(f"{self.path} line {n} is malformed ({e}): {','.join(values)[:80]!r}; "
+                                       "delete that line (and the ones after it) to resume from the rows before") from None
+            self.rows.append(row)
+        try:
+            self._fd = _open_no_follow(self.path, os.O_WRONLY | os.O_CREAT)
+            self._size = len(raw)
+            os.ftruncate(self._fd, self._size)  # drops the torn tail for good
+            if not lines:
+                self._write(self._line(self.header))
+        except OSError as e:
+            raise SpikeSearchError(f"cannot write {self.path}: {_why(e)}") from None
+
+    @staticmethod
+    def _line(values: Sequence) -> bytes:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(values)
+        return buf.getvalue().encode()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            done = 0
+            while done < len(data):
+                done += os.pwrite(self._fd, data[done:], self._size + done)
+            os.fsync(self._fd)
+        except OSError as e:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass  # a torn tail is dropped on the next open
+            raise SpikeSearchError(f"cannot append to {self.path}: {_why(e)}; the {len(self.rows)} rows before "
+                                   "are kept (rerun with --resume once it can be written)") from None
+        self._size += len(data)
+
+    def append(self, values: Sequence) -> None:
+        self._write(self._line(values))
+        self.rows.append(dict(zip(self.header, (str(v) for v in values))))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -136,6 +136,6 @@ def make_surrogate(spec: "str | Surrogate | None") -> Surrogate:
         value = float(alpha) if alpha else None
     except ValueError:
         raise SpikeSearchError(f"surrogate {spec!r}: alpha after ':' must be a number") from None
-    if value is not None and value <= 0:
-        raise SpikeSearchError(f"surrogate {spec!r}: alpha must be > 0")
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise SpikeSearchError(f"surrogate {spec!r}: alpha must be a finite number > 0")
     return Surrogate(name, value)

@@ -3,6 +3,7 @@ checkpoint every epoch (model, optimizer, scheduler, RNG and loader state), best
 CSV + TensorBoard logs, progress bars, and a clean stop on a NaN loss."""
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import random
@@ -85,7 +86,7 @@ def pick_device(name: str = "auto") -> torch.device:
     return distributed.join(device)
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:])}
@@ -94,7 +95,7 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
     name, keys, *rest = state["numpy"]
@@ -104,19 +105,36 @@ def _set_rng_state(state: dict) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only, no code)."""
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only, no code); anything
+    but a dict at the top level (a bare tensor, a list, an empty or foreign file) is one clear error."""
     path = Path(path)
     if not path.is_file():
-        raise SpikeSearchError(f"checkpoint {path} does not exist")
+        raise SpikeSearchError(f"checkpoint {path} does not exist" if not path.exists() else f"checkpoint {path} is not a file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise SpikeSearchError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
+        why = next(iter(str(e).splitlines()), "") or type(e).__name__
+        raise SpikeSearchError(f"cannot load checkpoint {path}: {why}") from None
+    if not isinstance(ck, dict):
+        raise SpikeSearchError(f"{path} is not a checkpoint: it holds a {type(ck).__name__}, not a dict of tensors")
+    return ck
+
+
+@contextlib.contextmanager
+def resumable(path: Path):
+    """Turn the errors of restoring a checkpoint's optimiser/RNG/loader state into one clear line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        raise SpikeSearchError(f"{path} is not a resumable checkpoint of this run ({type(e).__name__}: "
+                               f"{next(iter(str(e).splitlines()), '')})") from None
 
 
 def load_model_weights(model: nn.Module, state: dict, source: str) -> None:
     """Load a state dict, naming every mismatched layer instead of torch's long traceback."""
     state = state.get("model", state)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SpikeSearchError(f"{source} does not hold a state dict of tensors")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -165,37 +183,39 @@ class Trainer:
         self.history: list[dict] = []
         self.best_acc = -1.0
         self.start_epoch = 0
-        self.ckpt_dir = run.file("checkpoints")
-        self.ckpt_dir.mkdir(exist_ok=True)
+        self.ckpt_dir = run.dir("checkpoints")
         self.resume_path = run.path / "checkpoints" / "last.pt"  # every rank resumes from rank 0's file
 
     # --- checkpoints -------------------------------------------------------------------------------
     def state_dict(self, epoch: int) -> dict:
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": _rng_state(), "loader": self.train_loader.state_dict(), "history": self.history,
+                "rng": rng_state(), "loader": self.train_loader.state_dict(), "history": self.history,
                 "best_acc": self.best_acc, "config": asdict(self.cfg)}
 
     def save(self, epoch: int, is_best: bool) -> None:
+        """``best.pt`` before ``last.pt``: if either write fails, the previous ``last.pt`` (which a resume
+        reads) never records a best accuracy whose file is missing, and the epoch is redone on resume."""
         buf = io.BytesIO()
         torch.save(self.state_dict(epoch), buf)
-        last = self.ckpt_dir / "last.pt"
-        atomic_write_bytes(last, buf.getvalue())
         if is_best:
             atomic_write_bytes(self.ckpt_dir / "best.pt", buf.getvalue())
+        atomic_write_bytes(self.ckpt_dir / "last.pt", buf.getvalue())
 
     def resume(self) -> bool:
         path = self.resume_path
-        if not path.is_file():
+        if not path.exists():
+            self.run.log(f"resume: no checkpoint yet ({path}): starting at epoch 1")
             return False
         ck = load_checkpoint(path)  # on the CPU: RNG states must stay CPU tensors; weights are copied over
         load_model_weights(self.model, ck, str(path))
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
-        self.scaler.load_state_dict(ck["scaler"])
-        _set_rng_state(ck["rng"])
-        self.train_loader.load_state_dict(ck["loader"])
-        self.history, self.best_acc, self.start_epoch = ck["history"], ck["best_acc"], ck["epoch"] + 1
+        with resumable(path):
+            self.optimizer.load_state_dict(ck["optimizer"])
+            self.scheduler.load_state_dict(ck["scheduler"])
+            self.scaler.load_state_dict(ck["scaler"])
+            set_rng_state(ck["rng"])
+            self.train_loader.load_state_dict(ck["loader"])
+            self.history, self.best_acc, self.start_epoch = list(ck["history"]), float(ck["best_acc"]), int(ck["epoch"]) + 1
         self.run.log(f"resumed from {path} after epoch {ck['epoch'] + 1}")
         return True
 
@@ -219,9 +239,10 @@ class Trainer:
             # averaged over ranks so that every rank sees a NaN on any one and all stop together
             loss_value = distributed.all_sum([local_loss], self.device)[0] / distributed.rank_world()[1]
             if not math.isfinite(loss_value):
-                raise SpikeSearchError(
-                    f"loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}; stopped. The last good "
-                    f"checkpoint is {self.ckpt_dir / 'last.pt'} (try a lower learning rate)")
+                last = self.resume_path
+                kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+                raise SpikeSearchError(f"loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}; stopped: "
+                                       f"{kept} (try a lower learning rate)")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -234,8 +255,10 @@ class Trainer:
         loss_sum, correct, n = distributed.all_sum([loss_sum, correct, n], self.device)
         return loss_sum / n, correct / n
 
-    def fit(self, resume: bool = False) -> dict:
-        if resume:
+    def fit(self, resume: bool | None = None) -> dict:
+        """Train; ``resume`` (default: whether the run was opened with ``resume=True``) continues from
+        ``checkpoints/last.pt``."""
+        if self.run.resumed if resume is None else resume:
             self.resume()
         writer = self._tensorboard()
         for epoch in range(self.start_epoch, self.cfg.epochs):

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import torch
 
+from .. import args as arg
 from ..errors import SpikeSearchError
 from ..events import SPLITS
 from ..loader import BatchLoader
 from ..pipeline import make_loaders, train_and_report
 from ..plots import plot_accuracy_vs_timestep, plot_spike_report
-from ..run import Run, atomic_write_bytes
+from ..run import RunRequest, atomic_write_bytes, split_job_dir
 from ..trainer import (
     TrainConfig,
     evaluate,
@@ -35,15 +36,9 @@ RECIPES = {
 }
 
 
-def _split_run_dir(path: str) -> tuple[str, Path]:
-    p = Path(path)
-    return p.name, p.parent
-
-
 def cmd_train_ann(a: argparse.Namespace) -> dict:
     device = pick_device(a.device)
     seed_everything(a.seed)
-    name, root = _split_run_dir(a.job_dir)
     recipe = a.recipe or ("short" if a.dataset == "fmnist-small" else "binary" if a.binary else "fp")
     params = dict(RECIPES[recipe])
     for key, flag in (("epochs", a.epochs), ("lr", a.lr), ("batch_size", a.batch_size)):
@@ -51,19 +46,22 @@ def cmd_train_ann(a: argparse.Namespace) -> dict:
             params[key] = flag
     cfg = TrainConfig(seed=a.seed, progress=not a.quiet, **params)
     cfg.validate()
+    request = RunRequest.from_args(a, *split_job_dir(a.job_dir), recipe=recipe)
+    request.check()
     train, test, info = make_loaders(a.dataset, a.data_dir, cfg.batch_size, device, a.seed, a.train_subset, a.test_subset,
                                      frames=a.frames, split_by=a.event_split)
     vcfg = VGGConfig(arch=a.arch, num_classes=info.num_classes, in_channels=info.channels, image_size=info.size,
                      width=a.width, batchnorm=a.batchnorm, binary=a.binary, activation=a.activation, levels=a.levels)
+    vcfg.validate()
+    vcfg.check_memory(copies=4)  # weights, gradients and two Adam moments
     model = VGG(vcfg).to(device)
-    run = Run(name, root)  # only after the inputs checked out: a failed command writes nothing
-    run.save_args(a, recipe=recipe)
+    run = request.open()  # only after the inputs checked out: a failed command writes nothing
     if a.activation == "qcfs":
         first = next(iter(BatchLoader(train.data.subset(512), 512, train.augment, False, device)))[0]
         lams = init_thresholds(model, first)
         run.log(f"QCFS thresholds initialised from the 99.9th percentile of 512 images: {[round(v, 3) for v in lams]}")
     kind = f"{'binary' if a.binary else 'full-precision'} {a.arch}{' +BN' if a.batchnorm else ''} ({a.activation})"
-    result = train_and_report(model, train, test, cfg, run, 1, f"{kind} ANN on {a.dataset}", resume=a.resume)
+    result = train_and_report(model, train, test, cfg, run, 1, f"{kind} ANN on {a.dataset}", resume=run.resumed)
     best = load_checkpoint(run.path / "checkpoints" / "best.pt", device)
     buf = io.BytesIO()
     torch.save({"model": best["model"], "meta": model.meta(), "test_acc": result["best_test_acc"]}, buf)
@@ -75,14 +73,22 @@ def cmd_train_ann(a: argparse.Namespace) -> dict:
 def load_vgg(path: str, a: argparse.Namespace, info) -> VGG:
     """Rebuild the ANN from the model file's metadata, or from the flags for a bare state dict."""
     ck = load_checkpoint(path)
-    meta = ck.get("meta") if isinstance(ck, dict) else None
+    meta = ck.get("meta")
     if meta is None:
         meta = dict(arch=a.arch, num_classes=info.num_classes, in_channels=info.channels, image_size=info.size,
                     width=a.width, batchnorm=a.batchnorm, binary=a.binary, activation=a.activation, levels=a.levels)
-    elif meta["arch"] != a.arch:
-        raise SpikeSearchError(f"{path} holds a {meta['arch']} model, but --arch is {a.arch}")
-    model = VGG(VGGConfig(**meta))
+    cfg = VGGConfig.from_meta(meta, path)
+    if cfg.arch != a.arch:
+        raise SpikeSearchError(f"{path} holds a {cfg.arch} model, but --arch is {a.arch}")
+    if (cfg.in_channels, cfg.image_size, cfg.num_classes) != (info.channels, info.size, info.num_classes):
+        raise SpikeSearchError(f"{path} is a model for {cfg.in_channels}x{cfg.image_size}x{cfg.image_size} images and "
+                               f"{cfg.num_classes} classes; {a.dataset} has {info.channels}x{info.size}x{info.size} "
+                               f"and {info.num_classes}")
+    cfg.check_memory()
+    model = VGG(cfg)
     state = ck.get("model", ck)
+    if not isinstance(state, dict):
+        raise SpikeSearchError(f"{path}: 'model' is a {type(state).__name__}, not a state dict")
     # checkpoints saved from DataParallel (as the official ones) carry 'module.' in their names
     state = {k.replace("module.", ""): v for k, v in state.items()}
     load_model_weights(model, state, path)
@@ -92,12 +98,14 @@ def load_vgg(path: str, a: argparse.Namespace, info) -> VGG:
 def cmd_convert(a: argparse.Namespace) -> dict:
     device = pick_device("cuda" if a.gpu else "cpu")
     seed_everything(a.seed)
-    name, root = _split_run_dir(a.job_dir)
+    request = RunRequest.from_args(a, *split_job_dir(a.job_dir), inputs=[a.model])
+    request.check()
     train, test, info = make_loaders(a.dataset, a.data, a.batch_size, device, a.seed, None, a.eval_size,
                                      eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
     ann = load_vgg(a.model, a, info).to(device).eval()
-    run = Run(name, root)  # only after the inputs checked out: a failed command writes nothing
-    run.save_args(a)
+    if a.results_file and not Path(a.results_file).parent.is_dir():
+        raise SpikeSearchError(f"--results-file {a.results_file}: folder {Path(a.results_file).parent} does not exist")
+    run = request.open()  # only after the inputs checked out: a failed command writes nothing
     _, ann_acc = evaluate(ann, test)
     # normalisation images: the first --norm training images, un-augmented (the official code used the
     # train transforms with dropout active; both inflate the percentile)
@@ -124,60 +132,60 @@ def cmd_convert(a: argparse.Namespace) -> dict:
               "spikes": {k: v for k, v in res["spikes"].items() if k != "layers"}}
     run.save_json("results.json", result)
     if a.results_file:
-        Path(a.results_file).write_bytes(table)
+        atomic_write_bytes(Path(a.results_file), table)
     run.log(f"SNN accuracy at T={a.time}: {100 * acc[-1]:.2f}% (ANN {100 * ann_acc:.2f}%); within 1 point of the "
             f"ANN from T={near}; {1000 * res['seconds_per_timestep']:.1f} ms per timestep for {res['images']} images")
     return result
 
 
-def add_model_flags(p: argparse.ArgumentParser, positive_int) -> None:
+def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="vgg15ab", choices=sorted(ARCHS))
-    p.add_argument("--width", type=float, default=0.25, help="channel multiplier (1.0 = the paper's VGG)")
+    p.add_argument("--width", type=arg.positive_float, default=0.25, help="channel multiplier (1.0 = the paper's VGG)")
     p.add_argument("--binary", action="store_true", help="binary weights (first and last layer full precision)")
     p.add_argument("--batchnorm", action="store_true", help="BN after each conv, folded before conversion")
     p.add_argument("--activation", default="relu", choices=["relu", "qcfs"], help="qcfs: low-latency conversion")
-    p.add_argument("--levels", type=positive_int, default=8, help="QCFS quantization levels L")
-    p.add_argument("--frames", type=positive_int, default=10,
+    p.add_argument("--levels", type=arg.positive_int, default=8, help="QCFS quantization levels L")
+    p.add_argument("--frames", type=arg.positive_int, default=10,
                    help="event datasets: frames per sample (the ANN sees their mean, the SNN replays them)")
 
 
-def add_train_ann_arguments(p: argparse.ArgumentParser, positive_int, nonneg_float) -> None:
+def add_train_ann_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--job-dir", "--job_dir", dest="job_dir", default="runs/ann", help="run folder")
     p.add_argument("--dataset", default="fmnist-small")
     p.add_argument("--data", "--data_dir", dest="data_dir", default=None)
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="default: short on fmnist-small, else binary with --binary, else fp")
-    p.add_argument("--epochs", type=positive_int, default=None)
-    p.add_argument("--lr", type=nonneg_float, default=None)
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train_subset", type=positive_int, default=None)
-    p.add_argument("--test_subset", type=positive_int, default=None)
-    add_model_flags(p, positive_int)
+    p.add_argument("--epochs", type=arg.positive_int, default=None)
+    p.add_argument("--lr", type=arg.positive_float, default=None)
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=arg.positive_int, default=None)
+    p.add_argument("--seed", type=arg.seed, default=0)
+    p.add_argument("--train_subset", type=arg.positive_int, default=None)
+    p.add_argument("--test_subset", type=arg.positive_int, default=None)
+    add_model_flags(p)
 
 
-def add_convert_arguments(p: argparse.ArgumentParser, positive_int, nonneg_float) -> None:
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--job-dir", "--job_dir", dest="job_dir", required=True, help="the run folder for results")
     p.add_argument("--model", required=True, help="model file from train-ann, or a bare state dict")
     p.add_argument("--results-file", "--results_file", dest="results_file", default=None,
                    help="also write the accuracy-per-timestep CSV here")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time", type=positive_int, default=80, help="timesteps to simulate")
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=100)
-    p.add_argument("--n-workers", "--n_workers", dest="n_workers", type=int, default=0,
+    p.add_argument("--seed", type=arg.seed, default=0)
+    p.add_argument("--time", type=arg.positive_int, default=80, help="timesteps to simulate")
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=arg.positive_int, default=100)
+    p.add_argument("--n-workers", "--n_workers", dest="n_workers", type=arg.nonneg_int, default=0,
                    help="accepted for compatibility; in-memory data needs no workers")
-    p.add_argument("--norm", type=positive_int, default=3500, help="training images for threshold balancing")
+    p.add_argument("--norm", type=arg.positive_int, default=3500, help="training images for threshold balancing")
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--one-step", "--one_step", dest="one_step", action="store_true",
                    help="propagate through all layers within a timestep")
     p.add_argument("--data", default=None, help="dataset root")
-    p.add_argument("--percentile", type=nonneg_float, default=99.9)
-    p.add_argument("--eval_size", "--eval-size", dest="eval_size", type=positive_int, default=None,
+    p.add_argument("--percentile", type=arg.percentile, default=99.9)
+    p.add_argument("--eval_size", "--eval-size", dest="eval_size", type=arg.positive_int, default=None,
                    help="simulate only the first N test images")
     p.add_argument("--dataset", default="fmnist-small")
     p.add_argument("--event_split", default="number", choices=SPLITS, help="event datasets: bin by event count or by time")
     p.add_argument("--channel-wise", "--channel_wise", dest="channel_wise", action="store_true",
                    help="one threshold per channel instead of per layer")
-    p.add_argument("--v-init", "--v_init", dest="v_init", type=float, default=None,
+    p.add_argument("--v-init", "--v_init", dest="v_init", type=arg.fraction, default=None,
                    help="initial membrane as a fraction of threshold (default 0.5 for QCFS models, else 0)")
-    add_model_flags(p, positive_int)
+    add_model_flags(p)

@@ -5,11 +5,13 @@ network fits 28x28 grayscale and 224x224 ImageNet."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import SpikeSearchError
+from ..memory import check_fits
 from .binary import BinaryConv2d, BinaryLinear
 from .qcfs import QCFS
 
@@ -17,6 +19,7 @@ from .qcfs import QCFS
 VGG15_CONVS = [(64, False), (64, True), (128, False), (128, True), (256, False), (256, False), (256, True),
                (512, False), (512, False), (512, True), (512, False), (512, False), (512, True)]
 ARCHS = {"vgg15ab": VGG15_CONVS}
+MAX_WIDTH = 4.0  # 4x the paper's channels (2048 wide): anything wider is a typo, not a network
 
 
 @dataclass
@@ -34,12 +37,43 @@ class VGGConfig:
     levels: int = 8  # QCFS quantization levels
 
     def validate(self) -> None:
+        """Every field's type and range: the config may come from a model file's metadata."""
         if self.arch not in ARCHS:
             raise SpikeSearchError(f"unknown arch {self.arch!r}; choose one of: {', '.join(ARCHS)}")
         if self.activation not in ("relu", "qcfs"):
             raise SpikeSearchError(f"activation must be relu or qcfs, got {self.activation!r}")
-        if self.width <= 0 or self.levels <= 0:
-            raise SpikeSearchError("width and levels must be positive")
+        for name in ("num_classes", "in_channels", "image_size", "hidden", "levels"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise SpikeSearchError(f"VGG {name} must be a positive integer, got {v!r}")
+        for name in ("batchnorm", "binary"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpikeSearchError(f"VGG {name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.width, (int, float)) or not 0 < self.width <= MAX_WIDTH:
+            raise SpikeSearchError(f"VGG width must be a number in (0, {MAX_WIDTH}], got {self.width!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise SpikeSearchError(f"VGG dropout must be in [0, 1), got {self.dropout!r}")
+
+    @classmethod
+    def from_meta(cls, meta: dict, source: str) -> "VGGConfig":
+        if not isinstance(meta, dict):
+            raise SpikeSearchError(f"{source}: 'meta' is a {type(meta).__name__}, not a dict of VGG settings")
+        unknown = sorted(set(meta) - {f.name for f in fields(cls)})
+        if unknown:
+            raise SpikeSearchError(f"{source}: unknown VGG settings in 'meta': {', '.join(map(str, unknown))}")
+        cfg = cls(**meta)
+        try:
+            cfg.validate()
+        except SpikeSearchError as e:
+            raise SpikeSearchError(f"{source}: {e}") from None
+        return cfg
+
+    def check_memory(self, copies: int = 2) -> None:
+        """Refuse a network whose float32 weights (``copies`` of them) cannot fit, before allocating any."""
+        with torch.device("meta"):  # shapes without storage
+            n = sum(p.numel() for p in VGG(self).parameters())
+        check_fits(4 * n * copies, f"a {self.arch} of width {self.width:g} at {self.image_size} px ({n:,} weights)",
+                   "lower --width")
 
 
 def _activation(cfg: VGGConfig) -> nn.Module:

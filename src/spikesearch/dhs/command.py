@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import args as arg
 from ..datasets import load_dataset
 from ..errors import SpikeSearchError
 from ..loader import Augment
 from ..pipeline import make_loaders, train_and_report
-from ..run import Run, atomic_write_bytes
+from ..run import Run, RunRequest, atomic_write_bytes
 from ..trainer import TrainConfig, load_checkpoint, pick_device, seed_everything
 from .genotype import Genotype, genotype_summary, random_genotype
 from .network import DHSConfig, DHSNet
@@ -62,14 +63,15 @@ def _save_genotype(g: Genotype, cfg: DHSConfig, run: Run, title: str) -> Path:
 def cmd_search(a: argparse.Namespace) -> dict:
     fill_preset(a)
     device = pick_device(a.device)
+    request = RunRequest.from_args(a, a.name, a.runs_dir)
+    request.check()
     seed_everything(a.seed)
     cfg = _model_config(a)
     train, _, info = load_dataset(a.dataset, a.data_dir, cfg.timesteps, a.event_split)
     if not (cfg.search_cell or cfg.search_layer or cfg.dgs or cfg.tps or cfg.hns):
         raise SpikeSearchError("nothing to search: every one of cell, layer, DGS, TPS and HNS search is off")
     model = DHSNet(cfg, info.channels, info.num_classes, info.size).to(device)
-    run = Run(a.name, a.runs_dir)  # only after the inputs checked out: a failed command writes nothing
-    run.save_args(a)
+    run = request.open()  # only after the inputs checked out: a failed command writes nothing
     scfg = SearchConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, arch_lr=a.arch_lr, energy_weight=a.energy_weight,
                         arch_start_epoch=a.arch_start_epoch, dgs_steps=a.dgs_steps, dgs_every=a.dgs_every, seed=a.seed)
     searched = [n for n, on in (("cell", cfg.search_cell), ("layer", cfg.search_layer), ("DGS", cfg.dgs),
@@ -77,7 +79,8 @@ def cmd_search(a: argparse.Namespace) -> dict:
     run.log(f"SpikeDHS search ({', '.join(searched)}) on {a.dataset}: {len(model.cells)} cells in the trellis, "
             f"{sum(p.numel() for p in model.weight_parameters()):,} weights, "
             f"{sum(p.numel() for p in model.arch_parameters()):,} architecture parameters, {scfg.epochs} epochs on {device}")
-    history = run_search(model, train.subset(a.train_subset), Augment.for_dataset(info), scfg, run, device, not a.quiet)
+    history = run_search(model, train.subset(a.train_subset), Augment.for_dataset(info), scfg, run, device, not a.quiet,
+                         resume=run.resumed)
     buf = io.BytesIO()
     torch.save({"config": asdict(cfg), "model": model.state_dict(), "shape": [info.channels, info.num_classes, info.size],
                 "b": {n: m.alpha for n, m in model.named_modules() if isinstance(m, DGSSurrogate)}}, buf)
@@ -107,7 +110,8 @@ def load_search(path: str | Path, device: torch.device) -> DHSNet:
 
 
 def cmd_derive(a: argparse.Namespace) -> dict:
-    run = Run(a.name, a.runs_dir, quiet=a.quiet)
+    request = RunRequest.from_args(a, a.name, a.runs_dir, inputs=[a.search])
+    request.check()
     if a.random:
         rng = np.random.default_rng(a.seed)
         small = PRESETS["small"]
@@ -124,102 +128,115 @@ def cmd_derive(a: argparse.Namespace) -> dict:
         cfg = model.cfg
         g = derive(model, {"source": f"derived from {a.search}", "top_k": a.top_k})
         title = f"derived from {a.search} (top {a.top_k} edges per node)"
+    run = request.open(quiet=a.quiet)
     path = _save_genotype(g, cfg, run, title)
     return {"genotype": str(path), **genotype_summary(g)}
 
 
+def _saved_config(g: Genotype, source: str) -> dict:
+    """The search settings a genotype records (``info.config``), type-checked: the file is hand-editable."""
+    saved = g.info.get("config", {})
+    kinds = {"levels": int, "stem_stride": int, "timesteps": int, "channels": int, "mix": str}
+    if not isinstance(saved, dict) or any(k in saved and (type(saved[k]) is not t) for k, t in kinds.items()):
+        raise SpikeSearchError(f"genotype file {source}: info.config must map "
+                               + ", ".join(f"{k} to {t.__name__}" for k, t in kinds.items()) + f"; got {saved!r}"[:300])
+    return saved
+
+
 def cmd_train(a: argparse.Namespace) -> dict:
     g = Genotype.load(a.genotype)
-    saved = g.info.get("config", {})
+    saved = _saved_config(g, a.genotype)
     if a.stem_stride is None and "stem_stride" in saved:  # the genotype's own stem beats the preset's
-        a.stem_stride = int(saved["stem_stride"])
+        a.stem_stride = saved["stem_stride"]
     fill_preset(a)
     device = pick_device(a.device)
+    request = RunRequest.from_args(a, a.name, a.runs_dir, inputs=[a.genotype])
+    request.check()
     seed_everything(a.seed)
-    cfg = DHSConfig(levels=int(saved.get("levels", max(g.path) + 1)), mix=saved.get("mix", "membrane"), stem_stride=a.stem_stride,
+    cfg = DHSConfig(levels=saved.get("levels", max(g.path) + 1), mix=saved.get("mix", "membrane"), stem_stride=a.stem_stride,
                     channels=a.train_channels, timesteps=a.timestep)
     train, test, info = make_loaders(a.dataset, a.data_dir, a.train_batch_size, device, a.seed, a.train_subset, a.test_subset,
                                      frames=cfg.timesteps, split_by=a.event_split)
     model = DHSNet(cfg, info.channels, info.num_classes, info.size, genotype=g).to(device)
-    run = Run(a.name, a.runs_dir)  # only after the inputs checked out: a failed command writes nothing
-    run.save_args(a)
+    run = request.open()  # only after the inputs checked out: a failed command writes nothing
     g.save(run.file("genotype.json"))
     plot_genotype(g, cfg.levels, run.file("genotype.png"), f"genotype {a.genotype}")
     tcfg = TrainConfig(epochs=a.train_epochs, batch_size=a.train_batch_size, optimizer=a.optimizer, lr=a.train_lr,
                        weight_decay=a.weight_decay, seed=a.seed, progress=not a.quiet)
     result = {"genotype": genotype_summary(g), "channels": cfg.channels, "timesteps": cfg.timesteps}
     result.update(train_and_report(model, train, test, tcfg, run, cfg.timesteps,
-                                   f"SpikeDHS genotype on {a.dataset} (C={cfg.channels}, T={cfg.timesteps})", resume=a.resume))
+                                   f"SpikeDHS genotype on {a.dataset} (C={cfg.channels}, T={cfg.timesteps})", resume=run.resumed))
     run.save_json("results.json", result)
     return result
 
 
-def add_arguments(p: argparse.ArgumentParser, positive_int, nonneg_float, add_common) -> None:
+def add_arguments(p: argparse.ArgumentParser, add_common) -> None:
     sub = p.add_subparsers(dest="dhs_command", required=True)
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     def data(q: argparse.ArgumentParser) -> None:
         q.add_argument("--dataset", default="fmnist-small")
         q.add_argument("--data_dir", default=None)
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--train_subset", type=positive_int, default=None)
+        q.add_argument("--seed", type=arg.seed, default=0)
+        q.add_argument("--train_subset", type=arg.positive_int, default=None)
         q.add_argument("--preset", default="auto", choices=["auto", *PRESETS], help="auto: small on fmnist-small, else paper")
-        q.add_argument("--timestep", type=positive_int, default=None)
-        q.add_argument("--stem_stride", type=positive_int, default=None)
+        q.add_argument("--timestep", type=arg.positive_int, default=None)
+        q.add_argument("--stem_stride", type=arg.positive_int, default=None)
 
     s = sub.add_parser("search", help="differentiable cell/layer/DGS/TPS/HNS search", formatter_class=fmt)
     s.add_argument("--name", default="dhs-search")
     data(s)
     g = s.add_argument_group("search space (None = preset)")
-    g.add_argument("--layers", type=positive_int, default=None)
-    g.add_argument("--levels", type=positive_int, default=None)
-    g.add_argument("--channels", type=positive_int, default=None)
+    g.add_argument("--layers", type=arg.positive_int, default=None)
+    g.add_argument("--levels", type=arg.positive_int, default=None)
+    g.add_argument("--channels", type=arg.positive_int, default=None)
     g.add_argument("--ops", default="skip,conv3x3,conv1x1,avgpool", help="comma list; paper: skip,conv3x3_b3,conv3x3_b5")
     g.add_argument("--mix", default="membrane", choices=["membrane", "spikes"])
-    g.add_argument("--top_k", type=positive_int, default=2, help="edges kept per node")
+    g.add_argument("--top_k", type=arg.positive_int, default=2, help="edges kept per node")
     g.add_argument("--no_cell_search", action="store_true", help="fix the cell to SpikeDHS's published CIFAR cell")
     g.add_argument("--no_layer_search", action="store_true", help="fix the path (evenly spread levels)")
     g.add_argument("--dgs", action="store_true", help="search each node's Dspike temperature b")
     g.add_argument("--tps", action="store_true", help="search each node's time constant among --taus")
     g.add_argument("--hns", action="store_true", help="let each node choose a ReLU (ANN) neuron instead")
-    g.add_argument("--taus", type=float, nargs="+", default=[1.25, 2.0, 5.0])
-    g.add_argument("--b_init", type=float, default=3.0)
+    g.add_argument("--taus", type=arg.tau, nargs="+", default=[1.25, 2.0, 5.0])
+    g.add_argument("--b_init", type=arg.positive_float, default=3.0)
     o = s.add_argument_group("optimisation (None = preset)")
-    o.add_argument("--epochs", type=positive_int, default=None)
-    o.add_argument("--batch_size", type=positive_int, default=None)
-    o.add_argument("--lr", type=nonneg_float, default=None)
-    o.add_argument("--arch_lr", type=nonneg_float, default=None)
-    o.add_argument("--arch_start_epoch", type=int, default=1)
-    o.add_argument("--energy_weight", type=nonneg_float, default=0.0, help="lambda of the expected-energy penalty")
-    o.add_argument("--dgs_every", type=positive_int, default=1)
-    o.add_argument("--dgs_steps", type=positive_int, default=4)
+    o.add_argument("--epochs", type=arg.positive_int, default=None)
+    o.add_argument("--batch_size", type=arg.positive_int, default=None)
+    o.add_argument("--lr", type=arg.positive_float, default=None)
+    o.add_argument("--arch_lr", type=arg.positive_float, default=None)
+    o.add_argument("--arch_start_epoch", type=arg.nonneg_int, default=1)
+    o.add_argument("--energy_weight", type=arg.nonneg_float, default=0.0, help="lambda of the expected-energy penalty")
+    o.add_argument("--dgs_every", type=arg.positive_int, default=1)
+    o.add_argument("--dgs_steps", type=arg.positive_int, default=4)
     add_common(s)
     s.set_defaults(func=cmd_search)
 
     d = sub.add_parser("derive", help="re-derive a genotype from a search run, or draw a random one", formatter_class=fmt)
     d.add_argument("--name", default="dhs-derive")
     d.add_argument("--search", default=None, help="a dhs search run folder (holds search.pt)")
-    d.add_argument("--top_k", type=positive_int, default=2)
+    d.add_argument("--top_k", type=arg.positive_int, default=2)
     d.add_argument("--random", action="store_true", help="a uniform random genotype from the same space")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--layers", type=positive_int, default=None)
-    d.add_argument("--levels", type=positive_int, default=None)
-    d.add_argument("--stem_stride", type=positive_int, default=None)
+    d.add_argument("--seed", type=arg.seed, default=0)
+    d.add_argument("--layers", type=arg.positive_int, default=None)
+    d.add_argument("--levels", type=arg.positive_int, default=None)
+    d.add_argument("--stem_stride", type=arg.positive_int, default=None)
     d.add_argument("--ops", default="skip,conv3x3,conv1x1,avgpool")
     d.add_argument("--runs_dir", default="runs")
     d.add_argument("--quiet", action="store_true")
+    arg.add_run_flags(d, resume=False)
     d.set_defaults(func=cmd_derive)
 
     t = sub.add_parser("train", help="train a genotype from scratch and report accuracy, spikes, energy", formatter_class=fmt)
     t.add_argument("--genotype", required=True, help="genotype.json from dhs search or derive (editable)")
     t.add_argument("--name", default="dhs-train")
     data(t)
-    t.add_argument("--train_channels", "--channels", dest="train_channels", type=positive_int, default=None)
-    t.add_argument("--train_epochs", "--epochs", dest="train_epochs", type=positive_int, default=None)
-    t.add_argument("--train_batch_size", "--batch_size", dest="train_batch_size", type=positive_int, default=None)
+    t.add_argument("--train_channels", "--channels", dest="train_channels", type=arg.positive_int, default=None)
+    t.add_argument("--train_epochs", "--epochs", dest="train_epochs", type=arg.positive_int, default=None)
+    t.add_argument("--train_batch_size", "--batch_size", dest="train_batch_size", type=arg.positive_int, default=None)
     t.add_argument("--optimizer", default=None, choices=["sgd", "adam"])
-    t.add_argument("--train_lr", "--lr", dest="train_lr", type=nonneg_float, default=None)
-    t.add_argument("--weight_decay", type=nonneg_float, default=None)
-    t.add_argument("--test_subset", type=positive_int, default=None)
+    t.add_argument("--train_lr", "--lr", dest="train_lr", type=arg.positive_float, default=None)
+    t.add_argument("--weight_decay", type=arg.nonneg_float, default=None)
+    t.add_argument("--test_subset", type=arg.positive_int, default=None)
     add_common(t)
     t.set_defaults(func=cmd_train)

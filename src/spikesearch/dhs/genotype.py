@@ -9,6 +9,7 @@ most one level per layer, never up.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import SpikeSearchError
+from ..run import atomic_write_bytes, jsonable
 from .nodes import NeuronChoice
 from .ops import EDGE_OPS, PASSIVE_OPS
 
@@ -44,9 +46,17 @@ class Genotype:
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.cell = [[(int(s), str(o)) for s, o in node] for node in self.cell]
-        self.path = [int(p) for p in self.path]
-        self.nodes = [[c if isinstance(c, NeuronChoice) else NeuronChoice.from_json(c) for c in layer] for layer in self.nodes]
+        # strict types: a genotype is an editable file, and 1.9 must not quietly become level 1
+        self.cell = [[(_integer(s, "a cell edge's source"), _text(o, "a cell edge's op")) for s, o in _pairs(node)]
+                     for node in _list(self.cell, "cell")]
+        self.path = [_integer(v, "a path level") for v in _list(self.path, "path")]
+        self.nodes = [[c if isinstance(c, NeuronChoice) else NeuronChoice.from_json(c) for c in _list(layer, "a nodes layer")]
+                      for layer in _list(self.nodes, "nodes")]
+        self.stem_b = _number(self.stem_b, "stem_b")
+        if self.stem_b <= 0:
+            raise SpikeSearchError(f"genotype stem_b must be > 0, got {self.stem_b}")
+        if not isinstance(self.info, dict):
+            raise SpikeSearchError(f"genotype info must be a JSON object, got {type(self.info).__name__}")
         self.validate()
 
     @property
@@ -76,9 +86,9 @@ class Genotype:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        # one key per line, each value on one line: short enough to read and edit by hand
-        body = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in self.to_json().items())
-        path.write_text("{\n" + body + "\n}\n")
+        # one key per line, each value on one line: short enough to read and edit by hand; never NaN
+        body = ",\n".join(f" {json.dumps(k)}: {json.dumps(jsonable(v), allow_nan=False)}" for k, v in self.to_json().items())
+        atomic_write_bytes(path, ("{\n" + body + "\n}\n").encode())
         return path
 
     @classmethod
@@ -87,10 +97,50 @@ class Genotype:
         if not path.is_file():
             raise SpikeSearchError(f"genotype file {path} does not exist")
         try:
-            d = json.loads(path.read_text())
-            return cls(d["cell"], d["path"], d.get("nodes", []), float(d.get("stem_b", 3.0)), d.get("info", {}))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise SpikeSearchError(f"genotype file {path} is not a valid genotype ({type(e).__name__}: {e})") from None
+            d = json.loads(path.read_bytes(), parse_constant=_no_constant)
+            if not isinstance(d, dict):
+                raise ValueError(f"top level is {type(d).__name__}, not an object")
+            return cls(d["cell"], d["path"], d.get("nodes", []), d.get("stem_b", 3.0), d.get("info", {}))
+        except SpikeSearchError as e:
+            raise SpikeSearchError(f"genotype file {path}: {e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, RecursionError) as e:
+            raise SpikeSearchError(f"genotype file {path} is not a valid genotype ({type(e).__name__}: "
+                                   f"{str(e)[:200]})") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number a genotype may hold")
+
+
+def _list(v, what: str) -> list:
+    if not isinstance(v, (list, tuple)):
+        raise SpikeSearchError(f"genotype {what} must be a list, got {type(v).__name__}")
+    return list(v)
+
+
+def _pairs(node) -> list:
+    pairs = _list(node, "cell node")
+    if not all(isinstance(e, (list, tuple)) and len(e) == 2 for e in pairs):
+        raise SpikeSearchError(f"genotype cell node {node!r}: each edge is [source, op]")
+    return pairs
+
+
+def _integer(v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise SpikeSearchError(f"{what} must be an integer, got {v!r}")
+    return int(v)
+
+
+def _text(v, what: str) -> str:
+    if not isinstance(v, str):
+        raise SpikeSearchError(f"{what} must be a string, got {v!r}")
+    return v
+
+
+def _number(v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(float(v)):
+        raise SpikeSearchError(f"genotype {what} must be a finite number, got {v!r}")
+    return float(v)
 
 
 def check_path(path: list[int], levels: int | None = None) -> None:

@@ -130,6 +130,8 @@ class DHSNet(nn.Module):
         if genotype is not None:
             L = len(genotype.path)
             check_path(genotype.path, cfg.levels)
+        if cfg.stem_stride > image_size:
+            raise SpikeSearchError(f"stem stride {cfg.stem_stride} is larger than the {image_size}px input")
         self.sizes = [(image_size - 1) // cfg.stem_stride + 1]
         for _ in range(cfg.levels - 1):
             self.sizes.append((self.sizes[-1] + 1) // 2)

@@ -11,6 +11,7 @@ HNS (spiking or analog).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -72,15 +73,18 @@ class NeuronChoice:
 
     @classmethod
     def from_json(cls, d: dict) -> "NeuronChoice":
+        if not isinstance(d, dict):
+            raise SpikeSearchError(f"a node is an object like {{'kind': 'lif', 'tau': 2.0, 'b': 3.0}}, got {d!r}")
         kind = d.get("kind", "lif")
         if kind not in ("lif", "ann"):
             raise SpikeSearchError(f"node kind must be 'lif' or 'ann', got {kind!r}")
         if kind == "ann":
             return cls("ann")
-        tau, b = float(d.get("tau", DHS_TAU)), float(d.get("b", 3.0))
-        if tau <= 1 or b <= 0:
-            raise SpikeSearchError(f"node {d}: tau must be > 1 and b > 0")
-        return cls("lif", tau, b)
+        tau, b = d.get("tau", DHS_TAU), d.get("b", 3.0)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (tau, b))
+        if not (numbers and tau > 1 and b > 0):
+            raise SpikeSearchError(f"node {d}: tau must be a finite number > 1 and b a finite number > 0")
+        return cls("lif", float(tau), float(b))
 
     def label(self) -> str:
         return "ANN" if self.kind == "ann" else f"LIF tau={self.tau:g}"

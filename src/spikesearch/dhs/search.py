@@ -11,8 +11,10 @@ surrogate makes the next weight step best on held-out data) for every node at on
 """
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +25,8 @@ from ..datasets import ImageSet
 from ..errors import SpikeSearchError
 from ..loader import Augment, BatchLoader
 from ..neurons import reset
-from ..run import Run
+from ..run import Run, atomic_write_bytes
+from ..trainer import load_checkpoint, resumable, rng_state, set_rng_state
 from .genotype import Genotype, derive_cell, transition_weights, viterbi
 from .network import DHSNet
 from .nodes import DGSSurrogate, NeuronChoice, NodeMix
@@ -127,8 +130,37 @@ def derive(model: DHSNet, info: dict | None = None) -> Genotype:
     return Genotype(cell, path, nodes, float(stem_sg.alpha), info or {})
 
 
+def _save_state(path: Path, epoch: int, model: DHSNet, opts: dict, loaders: dict, history: list[dict]) -> None:
+    """Everything the next epoch depends on: weights and architecture parameters, each DGS ``b`` (a plain
+    float, not in the state dict), the optimisers and schedule, the loaders' generators and every RNG."""
+    buf = io.BytesIO()
+    torch.save({"epoch": epoch, "model": model.state_dict(),
+                "b": {n: m.alpha for n, m in model.named_modules() if isinstance(m, DGSSurrogate)},
+                "optimizers": {k: o.state_dict() for k, o in opts.items() if o is not None},
+                "loaders": {k: v.state_dict() for k, v in loaders.items()}, "rng": rng_state(), "history": history}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_state(path: Path, model: DHSNet, opts: dict, loaders: dict) -> tuple[int, list[dict]]:
+    ck = load_checkpoint(path)
+    with resumable(path):
+        model.load_state_dict(ck["model"])
+        for name, m in model.named_modules():
+            if isinstance(m, DGSSurrogate):
+                m.alpha = float(ck["b"][name])
+        for k, o in opts.items():
+            if o is not None:
+                o.load_state_dict(ck["optimizers"][k])
+        for k, v in loaders.items():
+            v.load_state_dict(ck["loaders"][k])
+        set_rng_state(ck["rng"])
+        return int(ck["epoch"]) + 1, list(ck["history"])
+
+
 def run_search(model: DHSNet, data: ImageSet, augment: Augment, cfg: SearchConfig, run: Run,
-               device: torch.device, progress: bool = True) -> list[dict]:
+               device: torch.device, progress: bool = True, resume: bool = False) -> list[dict]:
+    """The search, checkpointed after every epoch to ``checkpoints/last.pt``; ``resume`` continues after the
+    last completed epoch exactly (the same genotype as an uninterrupted search with the same seed)."""
     cfg.validate()
     train_set, val_set = split(data, cfg.train_portion, cfg.seed)
     train = BatchLoader(train_set, cfg.batch_size, augment, True, device, cfg.seed)
@@ -140,8 +172,16 @@ def run_search(model: DHSNet, data: ImageSet, augment: Augment, cfg: SearchConfi
     a_opt = torch.optim.Adam(arch, lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=cfg.arch_weight_decay) if arch else None
     surrogates = model.dgs_surrogates()
     d_opt = torch.optim.Adam([s.logits for s in surrogates], lr=cfg.dgs_lr) if surrogates else None
-    history = [{"epoch": 0, **snapshot(model)}]
-    for epoch in range(cfg.epochs):
+    opts = {"weights": w_opt, "schedule": sched, "arch": a_opt, "dgs": d_opt}
+    loaders = {"train": train, "val": val}
+    state_path = run.dir("checkpoints") / "last.pt"
+    start, history = 0, [{"epoch": 0, **snapshot(model)}]
+    if resume and state_path.exists():
+        start, history = _load_state(state_path, model, opts, loaders)
+        run.log(f"resumed the search from {state_path} after epoch {start}")
+    elif resume:
+        run.log(f"resume: no checkpoint yet ({state_path}): starting at epoch 1")
+    for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
         sums = {"train_loss": 0.0, "train_acc": 0.0, "val_loss": 0.0, "val_acc": 0.0, "energy_ratio": 0.0}
@@ -188,6 +228,7 @@ def run_search(model: DHSNet, data: ImageSet, augment: Augment, cfg: SearchConfi
         row = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()},
                "arch_steps": search_arch, "seconds": time.perf_counter() - t0, **snapshot(model)}
         history.append(row)
+        _save_state(state_path, epoch, model, opts, loaders, history)
         run.save_json("search_history.json", history)
         bs = sorted({round(b, 2) for b in row["b"].values()})
         run.log(f"search epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.3f} acc {100 * row['train_acc']:.1f}%, "

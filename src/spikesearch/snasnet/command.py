@@ -7,9 +7,10 @@ import time
 import numpy as np
 import torch
 
+from .. import args as arg
 from ..errors import SpikeSearchError
 from ..pipeline import make_loaders, report, train_and_report
-from ..run import Run
+from ..run import Run, RunRequest
 from ..surrogate import make_surrogate
 from ..trainer import (
     TrainConfig,
@@ -66,6 +67,8 @@ def run_snasnet(a: argparse.Namespace) -> dict:
     device = pick_device(a.device)
     seed_everything(a.seed)
     fill_recipe(a)
+    request = RunRequest.from_args(a, a.exp_name, a.runs_dir, inputs=[a.savemodel_pth])
+    request.check()
     macro = macro_config(a.dataset, second_avgpooling=a.second_avgpooling)
     make_surrogate(a.surrogate)  # a bad name fails here, before anything is written
     train, test, _ = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset,
@@ -89,22 +92,18 @@ def run_snasnet(a: argparse.Namespace) -> dict:
             raise SpikeSearchError("--savemodel_pth evaluates a given cell: add its --cnt_mat")
         model = build(mat)
         load_model_weights(model, load_checkpoint(a.savemodel_pth, device), a.savemodel_pth)
-    run = Run(a.exp_name, a.runs_dir)  # only after the inputs checked out: a failed command writes nothing
-    run.save_args(a)
+    run = request.open()  # only after the inputs checked out: a failed command writes nothing
 
     result: dict = {"dataset": a.dataset, "celltype": a.celltype, "timesteps": a.timestep}
     if mat is not None:
         if a.celltype == "forward" and np.any(np.tril(given, -1)):
             run.log(f"note: --celltype forward ignores the backward (lower-triangle) entries of {format_cnt_mat(given)}")
     else:
-        csv_path = run.file("search.csv")
-        if not a.resume:
-            csv_path.unlink(missing_ok=True)  # --resume replays it; a fresh run starts over
         run.log(f"searching {a.num_search} {a.celltype} candidates ({a.strategy}) on {a.dataset}, "
                 f"{score_cfg.repeats} fixed batches of {score_cfg.batch_size}"
                 + (f", {a.workers} {pool.backend} workers" if pool else ""))
         t0 = time.perf_counter()
-        history = run_search(build, batches, cfg, csv_path, progress=not a.quiet, pool=pool)
+        history = run_search(build, batches, cfg, run.file("search.csv"), progress=not a.quiet, pool=pool, note=run.log)
         wall = time.perf_counter() - t0  # with workers, candidates overlap: throughput is per wall-clock second
         ranked = ranking(history)
         print_table(ranked, a.top_k, run)
@@ -132,46 +131,46 @@ def run_snasnet(a: argparse.Namespace) -> dict:
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size,
                        optimizer=a.optimizer, lr=a.learning_rate, momentum=a.momentum, weight_decay=a.weight_decay,
                        scheduler=a.scheduler, seed=a.seed, eval_interval=a.val_interval, progress=not a.quiet)
-    result.update(train_and_report(model, train, test, tcfg, run, a.timestep, title, resume=a.resume))
+    result.update(train_and_report(model, train, test, tcfg, run, a.timestep, title, resume=run.resumed))
     run.save_json("results.json", result)
     return result
 
 
-def add_arguments(p: argparse.ArgumentParser, positive_int, nonneg_float) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("official SNASNet flags (config.py)")
     g.add_argument("--exp_name", default="snasnet", help="run name: results go to RUNS_DIR/EXP_NAME")
     g.add_argument("--data_dir", default=None, help="dataset root (not needed for the bundled fmnist-small)")
     g.add_argument("--dataset", default="fmnist-small", help="fmnist-small (bundled), fashion-mnist, cifar10, cifar100, tinyimagenet")
-    g.add_argument("--seed", type=int, default=1234)
-    g.add_argument("--timestep", type=positive_int, default=5)
-    g.add_argument("--batch_size", type=positive_int, default=64)
-    g.add_argument("--epochs", type=positive_int, default=None, help="default: 300 (paper); 4 on fmnist-small")
-    g.add_argument("--tau", type=float, default=4 / 3)
-    g.add_argument("--threshold", type=float, default=1.0)
+    g.add_argument("--seed", type=arg.seed, default=1234)
+    g.add_argument("--timestep", type=arg.positive_int, default=5)
+    g.add_argument("--batch_size", type=arg.positive_int, default=64)
+    g.add_argument("--epochs", type=arg.positive_int, default=None, help="default: 300 (paper); 4 on fmnist-small")
+    g.add_argument("--tau", type=arg.tau, default=4 / 3)
+    g.add_argument("--threshold", type=arg.positive_float, default=1.0)
     g.add_argument("--celltype", default="backward", choices=["forward", "backward"])
-    g.add_argument("--second_avgpooling", type=positive_int, default=2, help="pooling size after cell 2")
+    g.add_argument("--second_avgpooling", type=arg.positive_int, default=2, help="pooling size after cell 2")
     g.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help="default: sgd (paper); adam on fmnist-small")
     g.add_argument("--scheduler", default="cosine", choices=["cosine", "multistep", "step", "none"])
-    g.add_argument("--learning_rate", type=nonneg_float, default=None, help="default: 0.1 (paper); 3e-3 on fmnist-small")
-    g.add_argument("--momentum", type=nonneg_float, default=0.9)
-    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=nonneg_float, default=None,
+    g.add_argument("--learning_rate", type=arg.positive_float, default=None, help="default: 0.1 (paper); 3e-3 on fmnist-small")
+    g.add_argument("--momentum", type=arg.fraction, default=0.9)
+    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=arg.nonneg_float, default=None,
                    help="default: 5e-4 (paper), actually applied (the official code passed it into SGD's "
                         "dampening slot); 0 on fmnist-small")
-    g.add_argument("--val_interval", type=positive_int, default=1, help="evaluate every N epochs (official: 20)")
-    g.add_argument("--num_search", type=positive_int, default=5000)
+    g.add_argument("--val_interval", type=arg.positive_int, default=1, help="evaluate every N epochs (official: 20)")
+    g.add_argument("--num_search", type=arg.positive_int, default=5000)
     g.add_argument("--cnt_mat", nargs="+", default=None,
                    help="skip the search: 4 rows of 4 op digits, e.g. 0302 0030 3003 0000, or one of " + ", ".join(PUBLISHED))
     g.add_argument("--savemodel_pth", default=None, help="evaluate this checkpoint instead of training")
     s = p.add_argument_group("search options")
     s.add_argument("--strategy", default="random", choices=["random", "evolution"])
-    s.add_argument("--score_batch", type=positive_int, default=64, help="images per scoring batch (official: 256)")
-    s.add_argument("--score_repeats", type=positive_int, default=2)
+    s.add_argument("--score_batch", type=arg.positive_int, default=64, help="images per scoring batch (official: 256)")
+    s.add_argument("--score_repeats", type=arg.positive_int, default=2)
     s.add_argument("--score_aggregate", default="mean", choices=["mean", "sum"], help="mean: official code; sum: paper")
     s.add_argument("--score_norm", default="rate", choices=["rate", "january", "none"], help="none = plain Hamming (NASWOT)")
-    s.add_argument("--score_alpha", type=nonneg_float, default=0.5)
+    s.add_argument("--score_alpha", type=arg.nonneg_float, default=0.5)
     s.add_argument("--score_augment", action="store_true", help="score on augmented batches (official behaviour)")
-    s.add_argument("--top_k", type=positive_int, default=10)
-    s.add_argument("--workers", type=positive_int, default=None,
+    s.add_argument("--top_k", type=arg.positive_int, default=10)
+    s.add_argument("--workers", type=arg.positive_int, default=None,
                    help="score candidate shards in parallel (random search): Ray tasks or local processes")
     s.add_argument("--parallel", default="auto", choices=BACKENDS,
                    help="auto: Ray if --ray-address is given or Ray is installed, else local processes")
@@ -180,5 +179,5 @@ def add_arguments(p: argparse.ArgumentParser, positive_int, nonneg_float) -> Non
     s.add_argument("--search_only", action="store_true")
     o = p.add_argument_group("run options")
     o.add_argument("--surrogate", default="atan:2", help="name[:alpha], e.g. atan:2, sigmoid:4, triangle:1")
-    o.add_argument("--train_subset", type=positive_int, default=None, help="use only the first N training images")
-    o.add_argument("--test_subset", type=positive_int, default=None)
+    o.add_argument("--train_subset", type=arg.positive_int, default=None, help="use only the first N training images")
+    o.add_argument("--test_subset", type=arg.positive_int, default=None)

@@ -8,10 +8,11 @@ before them is known, so a killed parallel search resumes from its CSV like a se
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -59,7 +60,19 @@ def score_shard(build: SNASNetBuilder, batches: list[Tensor], cfg: SearchConfig,
 _WORKER: dict = {}
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel sends this worker SIGKILL when its parent dies, even by SIGKILL (no orphans)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's terminate() on exit still stops the workers
+
+
 def _init_process(build: SNASNetBuilder, batches: list[Tensor], cfg: SearchConfig, threads: int) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     torch.set_num_threads(threads)
     _WORKER.update(build=build, batches=batches, cfg=cfg)
 
@@ -72,9 +85,13 @@ def _process_map(build, batches, cfg, shards: list[list[str]], workers: int) -> 
     threads = max(1, (os.cpu_count() or 1) // workers)
     # spawn, not fork: a forked child inherits the parent's OpenMP pool, which can deadlock
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_process,
-                             initargs=(build, batches, cfg, threads)) as ex:
-        yield from ex.map(_score_in_process, shards)
+    pool = ctx.Pool(workers, initializer=_init_process, initargs=(build, batches, cfg, threads))
+    try:
+        yield from pool.imap(_score_in_process, shards)
+        pool.close()
+    finally:
+        pool.terminate()  # on an error, Ctrl-C or SIGTERM too: no worker outlives the search
+        pool.join()
 
 
 # --- Ray ------------------------------------------------------------------------------------------------
@@ -158,8 +175,9 @@ class WorkerPool:
 
         done = advance()  # rows replayed from a resumed CSV
         if shards:
-            for result in self._map(shards):
-                scorer.computed.update({k: (s, secs) for k, s, secs in result})
-                done = advance()
+            with contextlib.closing(self._map(shards)) as results:  # closed at once on any error: workers stop
+                for result in results:
+                    scorer.computed.update({k: (s, secs) for k, s, secs in result})
+                    done = advance()
         if done != len(mats):
             raise SpikeSearchError(f"parallel search ended with {len(mats) - done} candidates unscored")

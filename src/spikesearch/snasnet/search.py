@@ -4,7 +4,7 @@ weights seeded from (seed, matrix), so a score does not depend on evaluation ord
 scored once; every candidate is appended to a CSV that a resumed search replays instead of rescoring."""
 from __future__ import annotations
 
-import csv
+import math
 import time
 import zlib
 from collections import deque
@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ..errors import SpikeSearchError
 from ..registry import Registry
+from ..run import CsvLog
 from .score import ScoreConfig, score_model
 from .space import format_cnt_mat, mutate_matrix, parse_cnt_mat, sample_matrix
 
@@ -52,22 +53,37 @@ def score_candidate(build: Callable[[np.ndarray], nn.Module], batches: list[Tens
     return score_model(build(parse_cnt_mat(key)), batches, cfg.score)
 
 
+def check_row(row: dict) -> None:
+    """A ``search.csv`` row as this module writes it; ``ValueError`` names what is wrong."""
+    try:
+        parse_cnt_mat(row["cnt_mat"])
+    except SpikeSearchError as e:
+        raise ValueError(f"cnt_mat: {e}") from None
+    int(row["index"])
+    for key in ("score", "seconds"):
+        if not math.isfinite(float(row[key])):
+            raise ValueError(f"{key} is {row[key]}")
+    if row["duplicate"] not in ("True", "False"):
+        raise ValueError(f"duplicate is {row['duplicate']!r}, not True or False")
+
+
 class Scorer:
-    """Scores matrices with a cache (duplicates and resumed rows cost nothing) and logs each to CSV.
+    """Scores matrices with a cache (duplicates and resumed rows cost nothing) and appends each to the CSV
+    (``run.CsvLog``: rows written whole; a torn last row from a crash is dropped and reported to ``note``).
     ``computed`` holds scores that workers produced elsewhere (``parallel``); they are logged as if scored here."""
 
     def __init__(self, build: Callable[[np.ndarray], nn.Module], batches: list[Tensor], cfg: SearchConfig,
-                 csv_path: Path | None, progress: bool = True) -> None:
+                 csv_path: Path | None, progress: bool = True, note: Callable[[str], None] = print) -> None:
         self.build, self.batches, self.cfg, self.csv_path = build, batches, cfg, csv_path
         self.cache: dict[str, float] = {}
         self.computed: dict[str, tuple[float, float]] = {}
-        self.replay: list[dict] = []
         self.history: list[Candidate] = []
-        if csv_path is not None and csv_path.is_file():
-            with open(csv_path, newline="") as f:
-                self.replay = list(csv.DictReader(f))
-            for row in self.replay:
-                self.cache.setdefault(row["cnt_mat"], float(row["score"]))
+        self.csv = CsvLog(csv_path, CSV_FIELDS, check_row) if csv_path is not None else None
+        self.replay: list[dict] = self.csv.rows[:] if self.csv is not None else []
+        if self.csv is not None and self.csv.dropped:
+            note(f"{csv_path}: dropped a torn last row {self.csv.dropped[:60]!r} (a write cut short); it is scored again")
+        for row in self.replay:
+            self.cache.setdefault(row["cnt_mat"], float(row["score"]))
         self.bar = tqdm(total=cfg.num_search, desc="scoring", disable=not progress, dynamic_ncols=True)
 
     def __call__(self, mat: np.ndarray) -> float:
@@ -76,7 +92,7 @@ class Scorer:
         if idx < len(self.replay):
             row = self.replay[idx]
             if row["cnt_mat"] != key:
-                raise SpikeSearchError(f"{self.csv_path} was written by a different search (row {idx} is "
+                raise SpikeSearchError(f"{self.csv_path} was written by a different search (row {idx + 1} is "
                                        f"{row['cnt_mat']}, this search drew {key}); use a new --exp_name")
             cand = Candidate(idx, key, float(row["score"]), float(row["seconds"]), row["duplicate"] == "True")
         else:
@@ -100,14 +116,13 @@ class Scorer:
         return key in self.cache or key in self.computed
 
     def _append(self, c: Candidate) -> None:
-        if self.csv_path is None:
-            return
-        new = not self.csv_path.is_file()
-        with open(self.csv_path, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(CSV_FIELDS)
-            w.writerow([c.index, c.cnt_mat, repr(c.score), f"{c.seconds:.4f}", c.duplicate])
+        if self.csv is not None:
+            self.csv.append([c.index, c.cnt_mat, repr(c.score), f"{c.seconds:.4f}", c.duplicate])
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.csv is not None:
+            self.csv.close()
 
 
 # strategy(cfg, rng, score) draws cfg.num_search matrices and calls score(mat) on each
@@ -141,21 +156,22 @@ def draw_random(cfg: SearchConfig, rng: np.random.Generator) -> list[np.ndarray]
 
 
 def run_search(build: Callable[[np.ndarray], nn.Module], batches: list[Tensor], cfg: SearchConfig,
-               csv_path: Path | None = None, progress: bool = True, pool=None) -> list[Candidate]:
+               csv_path: Path | None = None, progress: bool = True, pool=None,
+               note: Callable[[str], None] = print) -> list[Candidate]:
     """Score ``cfg.num_search`` candidates; returns them in evaluation order. With a ``pool``
     (``parallel.WorkerPool``) the unique candidates of a random search are scored by its workers."""
     if cfg.num_search <= 0:
         raise SpikeSearchError(f"--num_search must be positive, got {cfg.num_search}")
     strategy = STRATEGIES.get(cfg.strategy)
     cfg.score.validate()
-    scorer = Scorer(build, batches, cfg, csv_path, progress)
+    scorer = Scorer(build, batches, cfg, csv_path, progress, note)
     try:
         if pool is None:
             strategy(cfg, np.random.default_rng(cfg.seed), scorer)
         else:
             pool.search(draw_random(cfg, np.random.default_rng(cfg.seed)), scorer)
     finally:
-        scorer.bar.close()
+        scorer.close()
     return scorer.history
 
 

@@ -1,0 +1,92 @@
+"""Argument types and shared flags of the command line: every number is checked when it is parsed
+(finite, in range), so nonsense never reaches a model or a run folder."""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+SEED_MAX = 2**32 - 1  # numpy's seed range
+
+
+def _parse(s: str, kind: type) -> float | int:
+    try:
+        v = kind(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
+    return v
+
+
+def positive_int(s: str) -> int:
+    v = _parse(s, int)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
+    return v
+
+
+def nonneg_int(s: str) -> int:
+    v = _parse(s, int)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def seed(s: str) -> int:
+    v = _parse(s, int)
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"a seed is an integer in 0..{SEED_MAX}, got {v}")
+    return v
+
+
+def positive_float(s: str) -> float:
+    v = _parse(s, float)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def nonneg_float(s: str) -> float:
+    v = _parse(s, float)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def fraction(s: str) -> float:
+    v = _parse(s, float)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
+    return v
+
+
+def percentile(s: str) -> float:
+    v = _parse(s, float)
+    if not 0 < v <= 100:
+        raise argparse.ArgumentTypeError(f"a percentile is in (0, 100], got {v}")
+    return v
+
+
+def tau(s: str) -> float:
+    v = _parse(s, float)
+    if v <= 1:
+        raise argparse.ArgumentTypeError(f"a time constant must be > 1 (1/tau is a decay fraction), got {v}")
+    return v
+
+
+def device(s: str) -> str:
+    if s in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", s):
+        return s
+    raise argparse.ArgumentTypeError(f"{s!r} is not a device: auto, cpu, cuda or cuda:N")
+
+
+def add_run_flags(p: argparse.ArgumentParser, resume: bool = True) -> None:
+    """The run-folder flags (see ``run``): ``--overwrite`` everywhere, ``--resume``/``--override`` where a
+    command can continue a run."""
+    p.add_argument("--overwrite", action="store_true", help="replace the run folder if the name already holds a run")
+    if resume:
+        p.add_argument("--resume", action="store_true",
+                       help="continue the run in the run folder (its settings must match, see --override)")
+        p.add_argument("--override", nargs="+", default=None, metavar="KEY",
+                       help="with --resume: settings allowed to differ from the stored config.json (recorded there)")
