@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The demo: SNASNet search (100 candidates) -> train the best cell -> evaluate, on the bundled data.
-DEMO_ARGS ?= --exp_name demo --num_search 100 --seed 1234
+DEMO_ARGS ?= --exp_name demo --num_search 100 --seed 1234 --overwrite
 
 .PHONY: install demo test bench clean
 
@@ -13,7 +13,6 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 	touch $@
 
 demo: install
-	rm -rf runs/demo
 	$(BIN)/spikesearch snasnet $(DEMO_ARGS)
 
 test: install

@@ -2,18 +2,24 @@
 valid, and every bad input of docs/robustness.md ends in one clear line, a non-zero exit and an
 untouched run folder."""
 import csv
+import dataclasses
+import gzip
 import hashlib
 import os
+import pickle
 import signal
+import struct
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from spikesearch import run as run_module
 from spikesearch.cli import main
+from spikesearch.convert.vgg import VGG, VGGConfig
 from spikesearch.trainer import load_checkpoint
 
 TRAIN = ["--epochs", "3", "--train_subset", "1536", "--test_subset", "128", "--widths", "8", "16", "--threads", "1",
@@ -74,15 +80,33 @@ def test_kill_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 # --- the bad-input table (docs/robustness.md) ---------------------------------------------------------
 
+def _idx(root, prefix, images, labels, gz=True):
+    header = bytes([0, 0, 8, images.ndim]) + b"".join(int(v).to_bytes(4, "big") for v in images.shape)
+    data = header + images.astype(np.uint8).tobytes()
+    (root / f"{prefix}-images-idx3-ubyte{'.gz' if gz else ''}").write_bytes(gzip.compress(data) if gz else data)
+    (root / f"{prefix}-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + len(labels).to_bytes(4, "big")
+                                                      + np.asarray(labels, np.uint8).tobytes())
+
+
+def _fashion_mnist(size=28, labels=(0, 1, 2, 3)):
+    def build(root):
+        for prefix in ("train", "t10k"):
+            _idx(root, prefix, np.zeros((len(labels), size, size)), labels)
+    return build
+
+
 def _truncated_fashion_mnist(root):
-    import gzip
-
-    import numpy as np
-
     for prefix, n in (("train", 4), ("t10k", 2)):
         header = bytes([0, 0, 8, 3]) + b"".join(int(v).to_bytes(4, "big") for v in (n, 28, 28))
         (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(n * 784 - 10)))
-        (root / f"{prefix}-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + np.zeros(n, np.uint8).tobytes())
+        (root / f"{prefix}-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + bytes(n))
+
+
+def _gz(content):
+    def build(root):
+        _fashion_mnist()(root)
+        (root / "train-images-idx3-ubyte.gz").write_bytes(content((root / "train-images-idx3-ubyte.gz").read_bytes()))
+    return build
 
 
 def _truncated_nmnist(root):
@@ -91,8 +115,69 @@ def _truncated_nmnist(root):
         (root / split / "0" / "a.bin").write_bytes(bytes(12))  # 2.4 events
 
 
+def _nmnist_letter_folder(root):
+    for split in ("Train", "Test"):
+        (root / split / "cat").mkdir(parents=True)
+        (root / split / "cat" / "a.bin").write_bytes(bytes(10))
+
+
+def _gesture(event_bytes):
+    """DVS128 Gesture whose polarity packets announce ``event_bytes``-byte events."""
+    def build(root):
+        root = root / "DvsGesture"
+        root.mkdir()
+        events = b"".join(struct.pack("<II", (x << 17) | (x << 2) | 3, 1000 + x)[:event_bytes] + bytes(max(0, event_bytes - 8))
+                          for x in range(4))
+        head = b"#!AER-DAT3.1\r\n#!END-HEADER\r\n" + struct.pack("<HHIIIIII", 1, 1, event_bytes, 4, 0, 4, 4, 4)
+        for name in ("user01_led", "user02_led"):
+            (root / f"{name}.aedat").write_bytes(head + events)
+            (root / f"{name}_labels.csv").write_text("class,startTime_usec,endTime_usec\n1,1000,1004\n")
+        (root / "trials_to_train.txt").write_text("user01_led.aedat\n")
+        (root / "trials_to_test.txt").write_text("user02_led.aedat\n")
+    return build
+
+
+def _cifar10(batch=lambda d: d, meta=None):
+    def build(root):
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            d = {"data": rng.integers(0, 256, (4, 3072)).astype(np.uint8), "labels": [0, 1, 2, 3]}
+            with open(folder / name, "wb") as f:
+                pickle.dump(batch(d), f, protocol=2)
+        with open(folder / "batches.meta", "wb") as f:
+            pickle.dump(meta or {"label_names": [f"c{i}" for i in range(10)]}, f, protocol=2)
+    return build
+
+
+def _file(name, content):
+    def build(root):
+        path = root / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif isinstance(content, str):
+            path.write_text(content)
+        else:
+            torch.save(content, path)
+    return build
+
+
+def _vgg_file(**meta):
+    cfg = VGGConfig(width=0.0625)
+    state = VGG(cfg).state_dict()
+    return {"model": state, "meta": {**dataclasses.asdict(cfg), **meta}}
+
+
+GENOTYPE = '{"cell": [[[0, "conv3x3"], [1, "skip"]]], "path": PATH, "nodes": NODES}'
+
+
+def _genotype(path="[0, 1]", nodes="[]", text=None):
+    return _file("g.json", text if text is not None else GENOTYPE.replace("PATH", path).replace("NODES", nodes))
+
+
 CASES = {
-    # id: (argv with RUN standing for the run folder option, message, data builder)
+    # id: (argv with DATA / KEEP / RUNS standing for paths, message, data builder)
     "cnt_mat-length": (["snasnet", "--cnt_mat", "0302", "0030"], "needs 4 rows", None),
     "cnt_mat-digits": (["snasnet", "--cnt_mat", "0302", "0030", "30a3", "0000"], "exactly 4 digits", None),
     "cnt_mat-opcode": (["snasnet", "--cnt_mat", "0302", "0030", "3005", "0000"], "op code 5", None),
@@ -119,7 +204,82 @@ CASES = {
     "workers-with-evolution": (["snasnet", "--strategy", "evolution", "--workers", "2", "--num_search", "2"], "sequential", None),
     "nothing-to-search": (["dhs", "search", "--no_cell_search", "--no_layer_search"], "nothing to search", None),
     "missing-genotype": (["dhs", "train", "--genotype", "DATA/g.json"], "genotype file", None),
+    # issue 14: names and run folders
+    "empty-name": (["train", "--name", ""], "not a plain folder name", None),
+    "empty-exp-name": (["snasnet", "--exp_name", ""], "not a plain folder name", None),
+    "empty-job-dir": (["train-ann", "--job-dir", ""], "--job-dir is empty", None),
+    "escaping-name": (["train", "--name", "../../escape"], "not a plain folder name", None),
+    "absolute-name": (["snasnet", "--exp_name", "/tmp/elsewhere"], "not a plain folder name", None),
+    "hidden-name": (["dhs", "search", "--name", ".x"], "not a plain folder name", None),
+    "resume-typo": (["train", "--resume"], "nothing to resume", None),
+    "override-without-resume": (["train", "--override", "lr"], "--override only applies with --resume", None),
+    "resume-and-overwrite": (["train", "--resume", "--overwrite"], "give one of them", None),
+    "results-file-missing-folder": (["convert", "--model", "DATA/m.pt", "--results-file", "DATA/no/such/r.csv"],
+                                    "does not exist", _file("m.pt", _vgg_file())),
+    # issue 14: numbers
+    "seed-negative": (["train", "--seed", "-1"], "a seed is an integer in 0..4294967295", None),
+    "seed-huge": (["snasnet", "--seed", str(2**70)], "a seed is an integer", None),
+    "lr-nan": (["train", "--lr", "nan"], "must be a finite number", None),
+    "lr-zero": (["snasnet", "--learning_rate", "0"], "must be > 0", None),
+    "width-nan": (["train-ann", "--width", "nan"], "must be a finite number", None),
+    "width-huge": (["train-ann", "--width", "40"], "width must be a number in (0, 4.0]", None),
+    "device-tpu": (["train", "--device", "tpu"], "not a device", None),
+    "device-meta": (["snasnet", "--device", "meta"], "not a device", None),
+    "surrogate-alpha-nan": (["train", "--surrogate", "atan:nan"], "alpha must be a finite number > 0", None),
+    "v-init-nan": (["convert", "--v-init", "nan"], "must be a finite number", None),
+    "taus-nan": (["dhs", "search", "--taus", "nan"], "must be a finite number", None),
+    "tau-below-one": (["train", "--tau", "0.5"], "time constant must be > 1", None),
+    "threshold-negative": (["snasnet", "--threshold", "-1"], "must be > 0", None),
+    "percentile-zero": (["convert", "--percentile", "0"], "a percentile is in (0, 100]", None),
+    "percentile-101": (["convert", "--percentile", "101"], "a percentile is in (0, 100]", None),
+    "momentum-above-one": (["snasnet", "--momentum", "1.5"], "must be in [0, 1]", None),
+    "stem-stride-huge": (["dhs", "search", "--stem_stride", str(10**12)], "stem stride", None),
+    # issue 14: dataset contents
+    "cifar-fewer-labels": (["train", "--dataset", "cifar10", "--data_dir", "DATA"], "4 images but 3 labels",
+                           _cifar10(lambda d: {**d, "labels": d["labels"][:3]})),
+    "cifar-float-pixels": (["train", "--dataset", "cifar10", "--data_dir", "DATA"], "uint8 pixels, got float64",
+                           _cifar10(lambda d: {**d, "data": d["data"].astype(np.float64)})),
+    "cifar-label-out-of-range": (["train", "--dataset", "cifar10", "--data_dir", "DATA"], "labels span 0..10",
+                                 _cifar10(lambda d: {**d, "labels": [0, 1, 2, 10]})),
+    "cifar-string-labels": (["train", "--dataset", "cifar10", "--data_dir", "DATA"], "integer class indices",
+                            _cifar10(lambda d: {**d, "labels": ["cat"] * 4})),
+    "cifar-bad-meta": (["train", "--dataset", "cifar10", "--data_dir", "DATA"], "must list 10 class names",
+                       _cifar10(meta={"label_names": [1, 2]})),
+    "idx-wrong-size": (["train", "--dataset", "fashion-mnist", "--data_dir", "DATA"], "expected uint8 N x 1 x 28 x 28",
+                       _fashion_mnist(size=32)),
+    "idx-label-out-of-range": (["train", "--dataset", "fashion-mnist", "--data_dir", "DATA"], "labels span 0..12",
+                               _fashion_mnist(labels=(0, 1, 2, 12))),
+    "fake-gz": (["train", "--dataset", "fashion-mnist", "--data_dir", "DATA"], "cannot read",
+                _gz(lambda data: b"not a gzip file at all")),
+    "truncated-gz": (["train", "--dataset", "fashion-mnist", "--data_dir", "DATA"], "cannot read", _gz(lambda data: data[:-30])),
+    "nmnist-letter-folder": (["train", "--dataset", "nmnist", "--data_dir", "DATA"], "does not end in a digit",
+                             _nmnist_letter_folder),
+    "gesture-4-byte-events": (["train", "--dataset", "dvsgesture", "--data_dir", "DATA"], "4-byte events", _gesture(4)),
+    "gesture-6-byte-events": (["train", "--dataset", "dvsgesture", "--data_dir", "DATA"], "6-byte events", _gesture(6)),
+    # issue 14: model files and genotypes
+    "zero-byte-checkpoint": (["convert", "--model", "DATA/m.pt"], "cannot load checkpoint", _file("m.pt", b"")),
+    "tensor-checkpoint": (["convert", "--model", "DATA/m.pt"], "holds a Tensor", _file("m.pt", torch.zeros(3))),
+    "list-checkpoint": (["snasnet", "--cnt_mat", "cifar100_bw", "--savemodel_pth", "DATA/m.pt"], "holds a list",
+                        _file("m.pt", [1, 2])),
+    "model-meta-width-40": (["convert", "--model", "DATA/m.pt"], "width must be a number in (0, 4.0]",
+                            _file("m.pt", _vgg_file(width=40.0))),
+    "model-meta-string-classes": (["convert", "--model", "DATA/m.pt"], "num_classes must be a positive integer",
+                                  _file("m.pt", _vgg_file(num_classes="10"))),
+    "genotype-path-fraction": (["dhs", "train", "--genotype", "DATA/g.json"], "a path level must be an integer, got 1.9",
+                               _genotype(path="[0, 1.9]")),
+    "genotype-tau-nan": (["dhs", "train", "--genotype", "DATA/g.json"], "NaN is not a number",
+                         _genotype(nodes='[[{"kind": "lif", "tau": NaN}], [{"kind": "lif"}]]')),
+    "genotype-tau-string": (["dhs", "train", "--genotype", "DATA/g.json"], "tau must be a finite number",
+                            _genotype(nodes='[[{"kind": "lif", "tau": "2"}], [{"kind": "lif"}]]')),
+    "genotype-cell-not-a-list": (["dhs", "train", "--genotype", "DATA/g.json"], "cell must be a list",
+                                 _genotype(text='{"cell": "abc", "path": [0]}')),
+    "genotype-deeply-nested": (["dhs", "train", "--genotype", "DATA/g.json"], "RecursionError",
+                               _genotype(text="[" * 100000 + "]" * 100000)),
+    "genotype-stem-stride-fraction": (["dhs", "train", "--genotype", "DATA/g.json"], "info.config must map",
+                                      _genotype(text=GENOTYPE.replace("PATH", "[0]").replace("NODES", "[]")[:-1]
+                                                + ', "info": {"config": {"stem_stride": 1.9}}}')),
 }
+NAME_FLAGS = ("--name", "--exp_name", "--job-dir", "--job_dir")
 RUN_OPTION = {"snasnet": ["--exp_name", "fresh"], "train": ["--name", "fresh"], "dhs": ["--name", "fresh"],
               "train-ann": ["--job_dir", "RUNS/fresh"], "convert": ["--job_dir", "RUNS/fresh"]}
 
@@ -139,16 +299,18 @@ def snapshot(folder):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_clear_line_and_damages_nothing(case, kept, tmp_path, capsys):
+def test_bad_input_is_one_clear_line_and_damages_nothing(case, kept, tmp_path, capsys, monkeypatch):
     argv, msg, make_data = CASES[case]
-    runs, data = kept / "runs", tmp_path / "data"
+    runs, data, cwd = kept / "runs", tmp_path / "data", tmp_path / "cwd"
     data.mkdir()
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # an empty --job-dir once wrote here
     if make_data:
         make_data(data)
     subst = {"DATA": str(data), "KEEP": str(runs / "keep/checkpoints/last.pt"), "RUNS": str(runs)}
     argv = [next((a.replace(k, v) for k, v in subst.items() if k in a), a) for a in argv]
     command = argv[0]
-    opts = [o.replace("RUNS", str(runs)) for o in RUN_OPTION[command]]
+    opts = [] if any(f in argv for f in NAME_FLAGS) else [o.replace("RUNS", str(runs)) for o in RUN_OPTION[command]]
     if command not in ("train-ann", "convert"):
         opts += ["--runs_dir", str(runs)]
     if command == "convert" and "--model" not in argv:
@@ -163,7 +325,8 @@ def test_bad_input_is_one_clear_line_and_damages_nothing(case, kept, tmp_path, c
     assert code == 2
     assert len(err) == 1 and err[0].startswith("spikesearch") and "error:" in err[0] and msg in err[0], err
     assert snapshot(runs / "keep") == before
-    assert not (runs / "fresh").exists()  # a failed command writes nothing
+    assert sorted(p.name for p in runs.iterdir()) == ["keep"]  # a failed command writes nothing,
+    assert not any(cwd.iterdir()) and not (kept.parent / "escape").exists()  # here or elsewhere
 
 
 def test_unwritable_run_folder_is_one_clear_line(tmp_path, capsys):

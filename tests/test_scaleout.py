@@ -51,7 +51,7 @@ def test_parallel_search_resumes_from_its_csv(setup, tmp_path, monkeypatch):
     run_search(build, batches, SearchConfig(**{**cfg.__dict__, "num_search": 5}), path, progress=False)
     scored = []
     monkeypatch.setattr("spikesearch.snasnet.parallel.WorkerPool._map",
-                        lambda self, shards: (scored.extend(shards) or [[(k, 0.0, 1.0) for k in s] for s in shards]))
+                        lambda self, shards: (scored.extend(shards) or (r for r in [[(k, 0.0, 1.0) for k in s] for s in shards])))
     pool = WorkerPool(build, batches, cfg, workers=2, backend="processes")
     history = run_search(build, batches, cfg, path, progress=False, pool=pool)
     first5 = {c.cnt_mat for c in serial[:5]}

@@ -134,3 +134,13 @@ def test_wrong_input_shape_is_clear_error():
         net(torch.zeros(2, 3, 28, 28))
     with pytest.raises(SpikeSearchError, match=r"\[T, B, 1, H, W\]"):
         net(torch.zeros(2, 28, 28))
+
+
+def test_nan_loss_before_any_checkpoint_does_not_name_one(tmp_path):
+    tr, te, _ = loaders()
+    model = small_net()
+    model.classifier.register_forward_hook(lambda m, i, out: out * float("nan"))
+    trainer = Trainer(model, tr, te, TrainConfig(epochs=1, progress=False), Run("nan", tmp_path, quiet=True))
+    with pytest.raises(SpikeSearchError, match="loss became nan at epoch 1, batch 1; stopped: no checkpoint was written yet"):
+        trainer.fit()
+    assert not (tmp_path / "nan/checkpoints/last.pt").exists()

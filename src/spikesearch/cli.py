@@ -162,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not _out_of_memory(e):
             raise
-        print(f"spikesearch: error: out of memory ({str(e).splitlines()[0][:200]}); lower --batch_size or "
-              "--timestep", file=sys.stderr)
+        why = next(iter(str(e).splitlines()), "").split("DefaultCPUAllocator: ")[-1][:200]
+        folders = run_module.opened()[before:]
+        kept = f"; {folders[-1]} keeps this attempt's config and log (rerun with --overwrite)" if folders else ""
+        print(f"spikesearch: error: out of memory ({why}): lower --batch_size or --timestep{kept}", file=sys.stderr)
         code = 2
     finally:
         run_module.close_all()

@@ -1,13 +1,34 @@
 """PNG figures for the run folder (matplotlib, Agg backend: no display needed)."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+
+def _writable_config_dir() -> None:
+    """matplotlib warns twice on stderr when HOME is not writable; give it a private folder instead."""
+    if os.environ.get("MPLCONFIGDIR"):
+        return
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "matplotlib"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        if os.access(base, os.W_OK):
+            return
+    except OSError:
+        pass
+    private = Path(tempfile.gettempdir()) / f"spikesearch-matplotlib-{os.getuid()}"
+    private.mkdir(mode=0o700, exist_ok=True)
+    os.environ["MPLCONFIGDIR"] = str(private)
+
+
+_writable_config_dir()
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import FancyArrowPatch  # noqa: E402,F401  (re-exported for the cell diagrams)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 

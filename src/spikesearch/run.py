@@ -278,15 +278,14 @@ class Run:
         os.pwrite(fd, info.encode(), 0)
 
     def _write_config(self, config: dict, diff: dict) -> None:
+        """A new run's config; on a resume only the overridden settings change, recorded under ``resumed``."""
         if self.resumed:
-            stored = _read_config(self.path)
-            history = list(stored.get("resumed", []))
-            if diff:
-                history.append({"at": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                "changed": {k: {"from": old, "to": new} for k, (old, new) in diff.items()}})
-            config = {**config, "resumed": history}
-            if config == stored:
+            if not diff:
                 return
+            stored = _read_config(self.path)
+            change = {"at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "changed": {k: {"from": old, "to": new} for k, (old, new) in diff.items()}}
+            config = {**stored, **{k: config[k] for k in diff if k in config}, "resumed": [*stored.get("resumed", []), change]}
         atomic_write_bytes(self.path / "config.json", dump_json(config))
 
     def file(self, name: str) -> Path:

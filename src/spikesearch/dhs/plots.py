@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.patches import FancyArrowPatch
 
-from ..plots import _save, plt
+from ..plots import (  # matplotlib only through ..plots (its config dir)
+    FancyArrowPatch,
+    _save,
+    plt,
+)
 from .genotype import Genotype
 from .nodes import NeuronChoice
 

@@ -130,6 +130,11 @@ def derive(model: DHSNet, info: dict | None = None) -> Genotype:
     return Genotype(cell, path, nodes, float(stem_sg.alpha), info or {})
 
 
+def _endless_pairs(train: BatchLoader, val: BatchLoader):
+    while True:
+        yield from zip(train, val)
+
+
 def _save_state(path: Path, epoch: int, model: DHSNet, opts: dict, loaders: dict, history: list[dict]) -> None:
     """Everything the next epoch depends on: weights and architecture parameters, each DGS ``b`` (a plain
     float, not in the state dict), the optimisers and schedule, the loaders' generators and every RNG."""
@@ -218,7 +223,7 @@ def run_search(model: DHSNet, data: ImageSet, augment: Augment, cfg: SearchConfi
         if d_opt is not None and (epoch + 1) % cfg.dgs_every == 0:
             for s in surrogates:
                 s.searching = True
-            batches = zip(train, val)
+            batches = _endless_pairs(train, val)  # more DGS steps than batches start another pass
             for _ in range(cfg.dgs_steps):
                 (x, y), (xv, yv) = next(batches)
                 dgs_step(model, (x, y), (xv, yv), w_opt.param_groups[0]["lr"], d_opt)

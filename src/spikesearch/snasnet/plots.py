@@ -4,9 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.patches import FancyArrowPatch
 
-from ..plots import _save, plt
+from ..plots import (  # matplotlib only through ..plots (its config dir)
+    FancyArrowPatch,
+    _save,
+    plt,
+)
 from .search import Candidate, ranking
 from .space import NUM_NODES, OP_NAMES, format_cnt_mat
 
