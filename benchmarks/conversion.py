@@ -82,7 +82,7 @@ def main() -> None:
                 init_thresholds(ann, norm[0])
             cfg = TrainConfig(epochs=a.epochs, optimizer="adam", lr=1e-3, weight_decay=0, progress=False)
             t0 = time.perf_counter()
-            Trainer(ann, train, test, cfg, Run(name.replace(" ", "_"), a.out, quiet=True)).fit()
+            Trainer(ann, train, test, cfg, Run(name.replace(" ", "_"), a.out, quiet=True, overwrite=True)).fit()
             train_s = time.perf_counter() - t0
             ann.eval()
             _, ann_acc[name] = evaluate(ann, test)

@@ -30,6 +30,7 @@ from spikesearch.snasnet import (
     score_model,
 )
 from spikesearch.snasnet.command import scoring_batches
+from spikesearch.stats import kendall_tau_b
 from spikesearch.trainer import TrainConfig, Trainer, seed_everything
 
 SCORES = {
@@ -37,26 +38,6 @@ SCORES = {
     "SAHD sum (paper)": ScoreConfig(aggregate="sum"),
     "plain Hamming (NASWOT)": ScoreConfig(normalise="none", aggregate="sum"),
 }
-
-
-def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
-    n = len(x)
-    conc = disc = tx = ty = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                tx += 1
-            elif dy == 0:
-                ty += 1
-            elif dx == dy:
-                conc += 1
-            else:
-                disc += 1
-    denom = np.sqrt((conc + disc + tx) * (conc + disc + ty))
-    return float((conc - disc) / denom) if denom else float("nan")
 
 
 def main() -> None:
@@ -94,7 +75,7 @@ def main() -> None:
         row["parameters"] = sum(p.numel() for p in model.parameters())
         cfg = TrainConfig(epochs=a.epochs, optimizer="adam", lr=3e-3, weight_decay=0.0, seed=a.seed, progress=False)
         train.generator.manual_seed(a.seed)
-        result = Trainer(model, train, test, cfg, Run(f"arch{i:03d}", a.out, quiet=True)).fit()
+        result = Trainer(model, train, test, cfg, Run(f"arch{i:03d}", a.out, quiet=True, overwrite=True)).fit()
         row["test_acc"] = result["final_test_acc"]
         rows.append(row)
         print(f"[{i + 1}/{len(mats)}] {key}  acc {100 * row['test_acc']:.2f}%  "

@@ -50,6 +50,7 @@ from spikesearch.snasnet.search import (
     score_candidate,
 )
 from spikesearch.snasnet.space import NUM_NODES, format_cnt_mat, parse_cnt_mat
+from spikesearch.stats import spearman
 
 FORWARD_EDGES = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
 BACKWARD_EDGES = [(1, 0), (2, 0), (3, 0), (2, 1), (3, 1), (3, 2)]
@@ -204,11 +205,6 @@ def timed_convolutions(spent: list[float]):
 
     with mock.patch.object(torch.nn.functional, "conv2d", timed):
         yield
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def main() -> None:

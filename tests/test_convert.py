@@ -94,9 +94,10 @@ def test_synchronous_output_silent_for_the_depth():
     snn, _ = convert(ann, [torch.randn(16, 1, 28, 28) * 3])
     x = torch.randn(4, 1, 28, 28) * 3
     out = snn.simulate(x, 20, one_step=False)
-    # 3 IF layers + output layer, two of them behind a conv->pool pass-through: first current at t index 5
-    delay = len(snn.stages) + sum(snn.pool_delay)
-    assert delay == 5
+    # BindsNET: the input connection, 3 IF layers + output layer, two of them behind a conv->pool
+    # pass-through node: the first output current at t index 6
+    delay = 1 + len(snn.stages) + sum(snn.pool_delay)
+    assert delay == 6
     assert torch.all(out[:delay] == 0) and torch.any(out[delay:] != 0)
     assert torch.any(snn.simulate(x, delay, one_step=True) != 0)  # one-step: no propagation delay
 

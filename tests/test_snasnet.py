@@ -185,8 +185,144 @@ def test_score_invariant_to_sample_order():
 def test_score_resets_state_between_batches():
     torch.manual_seed(0)
     net = SNASNet(parse_cnt_mat("cifar100_bw"), "backward", timesteps=3)
-    xs = _batches(2, 16)
-    assert score_model(net, xs, ScoreConfig()) == pytest.approx(score_model(net, xs, ScoreConfig()))
+    b1, b2 = _batches(2, 16)
+    alone = [score_model(net, [b], ScoreConfig()) for b in (b1, b2)]
+    assert score_model(net, [b1, b2], ScoreConfig()) == pytest.approx(sum(alone) / 2, rel=1e-12)
+    # the official code's carried state (membranes from b1 into b2) is a different number
+    carried = ScoreConfig(reset=False)
+    assert score_model(net, [b1, b2], carried) != pytest.approx(sum(alone) / 2, rel=1e-6)
+    assert score_model(net, [b1], carried) == pytest.approx(alone[0], rel=1e-12)
+
+
+def _official_hook_kernel(out: torch.Tensor) -> np.ndarray:
+    """``model_snn.find_best_neuroncell.computing_K_eachtime`` (final version, alpha 0.5, rate times N), float32."""
+    out = out.reshape(out.size(0), -1)
+    batch, neuron_num = out.size()
+    x = (out > 0).float()
+    full_matrix = torch.ones((batch, batch)) * neuron_num
+    sparsity = (x.sum(1) / neuron_num).unsqueeze(1)
+    norm_K = (sparsity @ (1 - sparsity.t())) + ((1 - sparsity) @ sparsity.t())
+    rescale_factor = torch.div(0.5 * torch.ones((batch, batch)), norm_K * neuron_num + 1e-3)
+    K1_0 = x @ (1 - x.t())
+    K0_1 = (1 - x) @ x.t()
+    return (full_matrix - rescale_factor * (K0_1 + K1_0)).numpy()
+
+
+def test_official_score_is_the_official_hook_arithmetic():
+    """--score_official: each neuron call's kernel exactly as the official hook builds it (float32), summed
+    into a float64 numpy matrix, divided by the number of hook calls, numpy slogdet, mean over the batches;
+    checked on the very spike maps the scorer saw."""
+    torch.manual_seed(0)
+    net = SNASNet(parse_cnt_mat("0303 0030 2002 0200"), "backward", timesteps=3)
+    xs = _batches(2, 32)
+    seen: list[list] = []
+    net.register_forward_pre_hook(lambda m, a: seen.append([]))
+    for m in net.modules():
+        if isinstance(m, LIF):  # one shared LIF stands for getattr(m, "score_weight", 1) official edge LIFs
+            m.register_forward_hook(lambda m, i, out: seen[-1].extend([out.detach().clone()] * getattr(m, "score_weight", 1)))
+    ours = score_model(net, xs, ScoreConfig(dropout=True, reset=False, kernel_dtype="float32"))
+    official = []
+    for calls in seen:
+        K = np.zeros((32, 32))
+        for out in calls:
+            K = K + _official_hook_kernel(out)
+        official.append(np.linalg.slogdet(K / len(calls))[1])
+    assert ours == pytest.approx(float(np.mean(official)), rel=1e-10)  # float64 sums in another order
+    seen.clear()
+    float64 = score_model(net, xs, ScoreConfig(dropout=True, reset=False))
+    assert float64 != ours and float64 == pytest.approx(ours, rel=1e-3)  # float32 rounding moves the score a little
+
+
+def test_score_dropout_and_official_switches():
+    from argparse import Namespace
+
+    from spikesearch.snasnet.command import score_config
+
+    base = dict(score_alpha=0.5, score_norm="rate", score_aggregate="mean", score_batch=64, score_repeats=2,
+                score_augment=False)
+    assert score_config(Namespace(**base, score_dropout=None, score_official=False)) == ScoreConfig()
+    assert score_config(Namespace(**base, score_dropout="on", score_official=False)).dropout
+    off = score_config(Namespace(**base, score_dropout=None, score_official=True))
+    assert (off.dropout, off.reset, off.kernel_dtype) == (True, False, "float32")
+    with pytest.raises(SpikeSearchError, match="dropout on"):
+        score_config(Namespace(**base, score_dropout="off", score_official=True))
+    torch.manual_seed(0)
+    net = SNASNet(parse_cnt_mat("cifar100_bw"), "backward", timesteps=3)
+    torch.nn.init.normal_(net.classifier[2].weight, 0, 0.2)  # a classifier LIF that fires, so its dropout counts
+    xs = _batches(1, 16)
+    assert score_model(net, xs, ScoreConfig(dropout=True)) != pytest.approx(score_model(net, xs, ScoreConfig()))
+
+
+def test_scheduler_step_is_the_official_step_schedule():
+    from argparse import Namespace
+
+    from spikesearch.snasnet.command import train_config
+    from spikesearch.trainer import OPTIMIZERS, SCHEDULERS
+
+    a = Namespace(epochs=300, batch_size=32, optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
+                  scheduler="step", seed=0, val_interval=20, quiet=True)
+    cfg = train_config(a)
+    opt = OPTIMIZERS.get(cfg.optimizer)(torch.nn.Linear(1, 1).parameters(), cfg)
+    sched = SCHEDULERS.get(cfg.scheduler)(opt, cfg)
+    lrs = []
+    for _ in range(300):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[149] == pytest.approx(0.1) and lrs[150] == pytest.approx(0.01)
+    assert lrs[224] == pytest.approx(0.01) and lrs[225] == pytest.approx(0.001) and lrs[299] == pytest.approx(0.001)
+
+
+def official_state_dict(mat, macro, celltype="backward", seed=0):
+    """Names and shapes as the official ``SNASNet`` / ``Neuronal_Cell_backward`` hold them: every edge is an
+    entry of ``cell_architecture`` (forward, ``for col in 1..3: for row < col``) or ``cell_architecture_back``
+    (``for col in 0..2: for row > col``), a conv edge being ``Sequential(LIFNode, Conv2d, BatchNorm2d)``."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+
+    def t(*shape):
+        return torch.randn(*shape, generator=g)
+
+    def bn(prefix, c):
+        sd.update({f"{prefix}.weight": t(c), f"{prefix}.bias": t(c), f"{prefix}.running_mean": t(c),
+                   f"{prefix}.running_var": t(c).abs() + 0.5, f"{prefix}.num_batches_tracked": torch.tensor(11)})
+
+    sd["stem.0.weight"] = t(macro.c1, macro.in_channels, 3, 3)
+    bn("stem.1", macro.c1)
+    loops = {"cell_architecture": [(r, c) for c in range(1, 4) for r in range(c)],
+             "cell_architecture_back": [(r, c) for c in range(3) for r in range(c + 1, 4)] if celltype == "backward" else []}
+    for cell, ch in (("cell1", macro.c1), ("cell2", macro.c2)):
+        for name, edges in loops.items():
+            for k, (row, col) in enumerate(edges):
+                op = int(mat[row, col])
+                if op in (2, 3):
+                    sd[f"{cell}.{name}.{k}.1.weight"] = t(ch, ch, 1 if op == 2 else 3, 1 if op == 2 else 3)
+                    bn(f"{cell}.{name}.{k}.2", ch)
+    bn("downconv1.0", macro.c1)
+    sd["downconv1.2.weight"] = t(macro.c2, macro.c1, 3, 3)
+    bn("downconv1.3", macro.c2)
+    bn("last_act.0", macro.c2)
+    sd["classifier.1.weight"] = t(macro.hidden, macro.c2 * macro.feature_size ** 2)
+    sd["classifier.3.weight"] = t(macro.out_neurons, macro.hidden)
+    sd["classifier.3.bias"] = t(macro.out_neurons)
+    return sd
+
+
+@pytest.mark.parametrize("name,dataset,pool,tensors", [("cifar100_bw", "cifar100", 2, 85), ("cifar10_bw", "cifar10", 4, 97)])
+def test_official_checkpoints_load(name, dataset, pool, tensors):
+    from spikesearch.snasnet.checkpoint import state_of
+    from spikesearch.trainer import load_model_weights
+
+    mat, macro = parse_cnt_mat(name), macro_config(dataset, second_avgpooling=pool)
+    official = official_state_dict(mat, macro)
+    assert len(official) == tensors
+    net = SNASNet(mat, "backward", macro)
+    load_model_weights(net, state_of({"state_dict": {f"module.{k}": v for k, v in official.items()}}), name)
+    ours = net.state_dict()
+    assert torch.equal(ours["cell1.edges.20.0.weight"], official["cell1.cell_architecture_back.1.1.weight"])
+    assert torch.equal(ours["cell2.edges.23.1.running_var"], official["cell2.cell_architecture.5.2.running_var"])
+    assert torch.equal(ours["classifier.2.weight"], official["classifier.1.weight"])
+    assert torch.equal(ours["downconv.3.bias"], official["downconv1.3.bias"])
 
 
 def test_cpu_scoring_kernels_match_torch_ops_and_ignore_the_thread_count(monkeypatch):
@@ -296,9 +432,8 @@ def test_official_command_forms_run_as_written(tmp_path, capsys):
     assert main(["snasnet", *official_search, *extra, "--num_search", "2", "--score_batch", "4",
                  "--score_repeats", "1", "--search_only"]) == 0
     assert len((tmp_path / "runs/cifar100_backward/search.csv").read_text().splitlines()) == 3
-    torch.manual_seed(0)
-    ckpt = tmp_path / "save_cifar100_bw.pth.tar"
-    torch.save(SNASNet(parse_cnt_mat("0302 0030 3003 0000"), "backward", macro_config("cifar100")).state_dict(), ckpt)
+    ckpt = tmp_path / "save_cifar100_bw.pth.tar"  # as the official code saves it: {'state_dict': official names}
+    torch.save({"state_dict": official_state_dict(parse_cnt_mat("0302 0030 3003 0000"), macro_config("cifar100"))}, ckpt)
     official_eval = ["--dataset", "cifar100", "--cnt_mat", "0302", "0030", "3003", "0000", "--savemodel_pth",
                      str(ckpt), "--celltype", "backward"]
     assert main(["snasnet", *official_eval, *extra, "--exp_name", "eval"]) == 0

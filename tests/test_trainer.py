@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from spikesearch import IF, SpikeSearchError, SpikingCNN, TrainConfig, Trainer
-from spikesearch.metrics import SpikeCounter, is_spike_like
+from spikesearch.metrics import SpikeCounter
 from spikesearch.pipeline import make_loaders
 from spikesearch.run import Run
 from spikesearch.trainer import (
@@ -121,13 +121,6 @@ def test_spike_counter_counts_sops_and_macs():
     assert r["energy_uj_per_image"] == pytest.approx((12 * 4.6 + 3 * 0.9) * 1e-6)
 
 
-def test_spike_like_detection():
-    assert is_spike_like(torch.tensor([0.0, 1.0, 1.0]))
-    assert is_spike_like(nn.functional.avg_pool2d(torch.randint(0, 2, (1, 1, 6, 6)).float(), 3))
-    assert not is_spike_like(torch.tensor([0.3, 0.71]))
-    assert not is_spike_like(torch.tensor([-1.0, 0.0]))
-
-
 def test_wrong_input_shape_is_clear_error():
     net = small_net()
     with pytest.raises(SpikeSearchError, match=r"expected 1-channel images"):
@@ -144,3 +137,30 @@ def test_nan_loss_before_any_checkpoint_does_not_name_one(tmp_path):
     with pytest.raises(SpikeSearchError, match="loss became nan at epoch 1, batch 1; stopped: no checkpoint was written yet"):
         trainer.fit()
     assert not (tmp_path / "nan/checkpoints/last.pt").exists()
+
+
+def test_rank_statistics_match_their_definitions():
+    import itertools
+
+    import numpy as np
+
+    from spikesearch.stats import kendall_tau_b, ranks, spearman, top_k_overlap
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 6, 40).astype(float)  # many ties
+    b = a + rng.normal(0, 2, 40)
+    b[:5] = b[5]
+    assert ranks([10, 20, 20, 5]).tolist() == [2, 3.5, 3.5, 1]
+    conc = disc = tx = ty = 0  # tau-b by its definition, pair by pair
+    for i, j in itertools.combinations(range(40), 2):
+        sx, sy = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+        if sx and sy:
+            conc, disc = conc + (sx == sy), disc + (sx != sy)
+        else:
+            tx, ty = tx + (sx == 0 and sy != 0), ty + (sy == 0 and sx != 0)
+    expected = (conc - disc) / np.sqrt((conc + disc + tx) * (conc + disc + ty))
+    assert kendall_tau_b(a, b, chunk=7) == pytest.approx(expected)
+    ra, rb = ranks(a), ranks(b)
+    assert spearman(a, b) == pytest.approx(np.corrcoef(ra, rb)[0, 1])
+    assert spearman(a, -a) == pytest.approx(-1) and kendall_tau_b(b, b) == pytest.approx(1)
+    assert top_k_overlap([5, 4, 3, 2], [5, 1, 3, 2], 2) == 0.5

@@ -37,11 +37,11 @@ def report(model: nn.Module, test: BatchLoader, run: Run, timesteps: int, title:
 
 
 def train_and_report(model: nn.Module, train: BatchLoader, test: BatchLoader, cfg: TrainConfig, run: Run,
-                     timesteps: int, title: str, resume: bool = False) -> dict:
+                     timesteps: int, title: str, resume: bool = False, epoch_hooks=()) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     run.log(f"training {title}: {n_params:,} parameters, {len(train.data)} train / {len(test.data)} test images, "
             f"{cfg.epochs} epochs on {train.device}")
-    summary = Trainer(model, train, test, cfg, run).fit(resume=resume)
+    summary = Trainer(model, train, test, cfg, run, epoch_hooks).fit(resume=resume)
     plot_training(summary["history"], run.file("training.png"), title)
     result = {"parameters": n_params, "best_test_acc": summary["best_test_acc"], **report(model, test, run, timesteps, title)}
     run.save_json("results.json", result)

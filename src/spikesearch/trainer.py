@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -133,13 +133,15 @@ def resumable(path: Path):
 def load_model_weights(model: nn.Module, state: dict, source: str) -> None:
     """Load a state dict, naming every mismatched layer instead of torch's long traceback."""
     state = state.get("model", state)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    # a module's extra state (e.g. a DGS temperature) is a plain value; everything else must be a tensor
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) or str(k).endswith("._extra_state")
+                                              for k, v in state.items()):
         raise SpikeSearchError(f"{source} does not hold a state dict of tensors")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+             if k in state and isinstance(v, torch.Tensor) and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or shape:
         parts = []
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch (file vs model)", shape)):
@@ -167,9 +169,13 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = False) -> tuple[
 class Trainer:
     CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
 
-    def __init__(self, model: nn.Module, train: BatchLoader, test: BatchLoader | None, cfg: TrainConfig, run: Run) -> None:
+    def __init__(self, model: nn.Module, train: BatchLoader, test: BatchLoader | None, cfg: TrainConfig, run: Run,
+                 epoch_hooks: Sequence[Callable[["Trainer", int], None]] = ()) -> None:
+        """``epoch_hooks(trainer, epoch)`` run after each epoch's training steps, before its evaluation and
+        checkpoint (so what they change is saved and a resumed run repeats them)."""
         cfg.validate()
         self.model, self.train_loader, self.test_loader, self.cfg, self.run = model, train, test, cfg, run
+        self.epoch_hooks = list(epoch_hooks)
         self.device = train.device
         self.amp = cfg.amp and self.device.type == "cuda"
         # the forward/backward goes through DDP under torchrun; evaluation and checkpoints use the bare model
@@ -266,6 +272,8 @@ class Trainer:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             train_loss, train_acc = self.train_epoch(epoch)
+            for hook in self.epoch_hooks:
+                hook(self, epoch)
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                    "test_loss": None, "test_acc": None}
             last = epoch + 1 == self.cfg.epochs

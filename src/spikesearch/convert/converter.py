@@ -10,9 +10,9 @@ subtraction, the input is the analog image every step (constant current), averag
 currents (pool before ReLU), and the prediction is the argmax of the output layer's summed current.
 
 ``one_step=True`` propagates the input through every layer within a timestep; without it (the
-official default) each stage reads the previous stage's spikes from the previous step, and a stage
-whose conv feeds a pool waits one more step (BindsNET's pass-through node), so the output layer is
-silent for the first steps.
+official default, BindsNET's ``Network.run``) every connection reads its source's output of the previous
+step, the input layer's included, and a stage whose conv feeds a pool waits one more step (BindsNET's
+pass-through node), so the output layer is silent for the first 1 + stages + pools steps.
 """
 from __future__ import annotations
 
@@ -173,18 +173,20 @@ class SpikingNet(nn.Module):
                 total = total + h
                 outs.append(total)
             return torch.stack(outs)
-        # synchronous: every layer reads its source's output of the previous step (zeros at t=0), and a
-        # conv+pool stage reads it one step later still (the pass-through node between conv and pool)
+        # synchronous: every layer reads its source's output of the previous step (zeros at t=0), the input
+        # layer's too (BindsNET computes all inputs from the state before the step), and a conv+pool stage
+        # reads it one step later still (the pass-through node between conv and pool)
         x = frames[0]
         prev, h = [], x
         for layer in layers:
             h = layer[:-1](h) if layer is not self.output else layer(h)
             prev.append(torch.zeros_like(h))
         held = [torch.zeros_like(x if i == 0 else prev[i - 1]) if d else None for i, d in enumerate(self.pool_delay)]
+        silent = torch.zeros_like(x)
         for t in range(timesteps):
             new = []
             for i, layer in enumerate(layers):
-                inp = frames[t % len(frames)] if i == 0 else prev[i - 1]
+                inp = (frames[(t - 1) % len(frames)] if t else silent) if i == 0 else prev[i - 1]
                 if self.pool_delay[i]:
                     inp, held[i] = held[i], inp
                 new.append(layer(inp))

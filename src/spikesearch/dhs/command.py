@@ -16,12 +16,17 @@ from ..errors import SpikeSearchError
 from ..loader import Augment
 from ..pipeline import make_loaders, train_and_report
 from ..run import Run, RunRequest, atomic_write_bytes
-from ..trainer import TrainConfig, load_checkpoint, pick_device, seed_everything
+from ..trainer import (
+    TrainConfig,
+    load_checkpoint,
+    load_model_weights,
+    pick_device,
+    seed_everything,
+)
 from .genotype import Genotype, genotype_summary, random_genotype
 from .network import DHSConfig, DHSNet
-from .nodes import DGSSurrogate
 from .plots import plot_evolution, plot_genotype
-from .search import SearchConfig, derive, run_search
+from .search import SearchConfig, derive, dgs_during_training, run_search
 
 # Search and retrain settings. "paper" is SpikeDHS's CIFAR recipe (8 layers x 4 levels, T=6, 50 search
 # epochs at lr 0.4 / batch 100; retrain C=48, SGD 0.025, batch 50, 100 epochs). "small" fits the bundled
@@ -82,8 +87,8 @@ def cmd_search(a: argparse.Namespace) -> dict:
     history = run_search(model, train.subset(a.train_subset), Augment.for_dataset(info), scfg, run, device, not a.quiet,
                          resume=run.resumed)
     buf = io.BytesIO()
-    torch.save({"config": asdict(cfg), "model": model.state_dict(), "shape": [info.channels, info.num_classes, info.size],
-                "b": {n: m.alpha for n, m in model.named_modules() if isinstance(m, DGSSurrogate)}}, buf)
+    torch.save({"config": asdict(cfg), "model": model.state_dict(), "shape": [info.channels, info.num_classes, info.size]},
+               buf)  # each DGS b rides in the state dict (DGSSurrogate's extra state)
     atomic_write_bytes(run.file("search.pt"), buf.getvalue())
     g = derive(model, {"source": f"dhs search on {a.dataset}", "searched": searched})
     labels = [c.label() for c in cfg.neuron_choices()]
@@ -102,10 +107,7 @@ def load_search(path: str | Path, device: torch.device) -> DHSNet:
     cfg = DHSConfig(**{f.name: cfg_d[f.name] for f in fields(DHSConfig) if f.name in cfg_d})
     cfg.ops, cfg.taus = tuple(cfg.ops), tuple(cfg.taus)
     model = DHSNet(cfg, *ckpt["shape"]).to(device)
-    model.load_state_dict(ckpt["model"])
-    for name, m in model.named_modules():
-        if isinstance(m, DGSSurrogate):
-            m.alpha = float(ckpt["b"][name])
+    load_model_weights(model, ckpt, str(path))
     return model
 
 
@@ -154,7 +156,7 @@ def cmd_train(a: argparse.Namespace) -> dict:
     request.check()
     seed_everything(a.seed)
     cfg = DHSConfig(levels=saved.get("levels", max(g.path) + 1), mix=saved.get("mix", "membrane"), stem_stride=a.stem_stride,
-                    channels=a.train_channels, timesteps=a.timestep)
+                    channels=a.train_channels, timesteps=a.timestep, dgs=a.dgs)
     train, test, info = make_loaders(a.dataset, a.data_dir, a.train_batch_size, device, a.seed, a.train_subset, a.test_subset,
                                      frames=cfg.timesteps, split_by=a.event_split)
     model = DHSNet(cfg, info.channels, info.num_classes, info.size, genotype=g).to(device)
@@ -164,8 +166,10 @@ def cmd_train(a: argparse.Namespace) -> dict:
     tcfg = TrainConfig(epochs=a.train_epochs, batch_size=a.train_batch_size, optimizer=a.optimizer, lr=a.train_lr,
                        weight_decay=a.weight_decay, seed=a.seed, progress=not a.quiet)
     result = {"genotype": genotype_summary(g), "channels": cfg.channels, "timesteps": cfg.timesteps}
+    hooks = [dgs_during_training(model, a.dgs_every, a.dgs_steps)] if a.dgs else []
     result.update(train_and_report(model, train, test, tcfg, run, cfg.timesteps,
-                                   f"SpikeDHS genotype on {a.dataset} (C={cfg.channels}, T={cfg.timesteps})", resume=run.resumed))
+                                   f"SpikeDHS genotype on {a.dataset} (C={cfg.channels}, T={cfg.timesteps})",
+                                   resume=run.resumed, epoch_hooks=hooks))
     run.save_json("results.json", result)
     return result
 
@@ -205,7 +209,7 @@ def add_arguments(p: argparse.ArgumentParser, add_common) -> None:
     o.add_argument("--batch_size", type=arg.positive_int, default=None)
     o.add_argument("--lr", type=arg.positive_float, default=None)
     o.add_argument("--arch_lr", type=arg.positive_float, default=None)
-    o.add_argument("--arch_start_epoch", type=arg.nonneg_int, default=1)
+    o.add_argument("--arch_start_epoch", type=arg.nonneg_int, default=0, help="weights-only epochs first (official: 0)")
     o.add_argument("--energy_weight", type=arg.nonneg_float, default=0.0, help="lambda of the expected-energy penalty")
     o.add_argument("--dgs_every", type=arg.positive_int, default=1)
     o.add_argument("--dgs_steps", type=arg.positive_int, default=4)
@@ -238,5 +242,9 @@ def add_arguments(p: argparse.ArgumentParser, add_common) -> None:
     t.add_argument("--train_lr", "--lr", dest="train_lr", type=arg.positive_float, default=None)
     t.add_argument("--weight_decay", type=arg.nonneg_float, default=None)
     t.add_argument("--test_subset", type=arg.positive_int, default=None)
+    t.add_argument("--dgs", action="store_true",
+                   help="keep searching each node's surrogate temperature b while training (official train.py --use_DGS)")
+    t.add_argument("--dgs_every", type=arg.positive_int, default=5, help="epochs between DGS phases (official: 5)")
+    t.add_argument("--dgs_steps", type=arg.positive_int, default=20, help="hypergradient steps per DGS phase")
     add_common(t)
     t.set_defaults(func=cmd_train)

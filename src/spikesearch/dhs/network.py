@@ -19,6 +19,7 @@ from ..models import repeat_input
 from ..neurons import SeqToANN
 from .genotype import (
     PAPER_CELL,
+    PAPER_PATH_8,
     Genotype,
     check_path,
     edge_index,
@@ -69,7 +70,10 @@ class DHSConfig:
 
 
 def default_path(layers: int, levels: int) -> list[int]:
-    """Evenly spread levels; for 8 layers and 3 levels this is SpikeDHS's ``[0,0,1,1,1,2,2,2]``."""
+    """The path of a network whose layers are not searched: SpikeDHS's published ``[0,0,1,1,1,2,2,2]`` for its
+    8 layers (on the paper's 4-level trellis too), else evenly spread levels (that same path for 8 x 3)."""
+    if layers == len(PAPER_PATH_8) and levels > max(PAPER_PATH_8):
+        return list(PAPER_PATH_8)
     return [(k + 1) * levels // (layers + 1) for k in range(layers)]
 
 
@@ -97,13 +101,18 @@ class Cell(nn.Module):
         # dense MACs of every op on every edge, in wiring order: fixed by the cell's width and size
         macs = [[float(op_macs(o, c, size * size)) for o in ops] for node in edges for _, ops in node]
         self.register_buffer("macs", torch.tensor(macs), persistent=False)
-        self.dense = E_MAC_PJ * sum(max(row) for row in macs)  # the same cell as a dense ANN
+        self.pre_macs = (float(c_pp * c * size * size), float(c_p * c * size * size))  # the two 1x1 input convs
+        self.dense = E_MAC_PJ * (sum(max(row) for row in macs) + sum(self.pre_macs))  # the same cell as a dense ANN
 
-    def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Output spikes and the expected energy (pJ per image and timestep) of the edge ops."""
+    def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor | None, cost0: Tensor | float,
+                cost1: Tensor | float) -> tuple[Tensor, Tensor, Tensor | float]:
+        """Output spikes, the expected energy (pJ per image and timestep) of the input convs and the edge ops,
+        and the cost of one synaptic op fed by the output. ``cost0``/``cost1`` are that cost for ``s0``/``s1``
+        (spikes: 0.9 pJ x rate; analog HNS nodes: 4.6 pJ): the input convs depend on the architecture
+        through the path probability and, with HNS, through whether their input is spikes at all."""
         states = [pre(_resize(s, self.size)) for pre, s in ((self.pre0, s0), (self.pre1, s1))]
         costs = [synaptic_cost(pre[-1], s) for pre, s in zip((self.pre0, self.pre1), states)]
-        energy = torch.zeros((), device=s1.device)
+        energy = cost0 * self.pre_macs[0] + cost1 * self.pre_macs[1] + torch.zeros((), device=s1.device)
         e = 0
         for i, node in enumerate(self.nodes):
             current = 0
@@ -116,7 +125,7 @@ class Cell(nn.Module):
             out = node(current)
             states.append(out)
             costs.append(synaptic_cost(node, out))
-        return torch.cat(states[2:], 2), energy
+        return torch.cat(states[2:], 2), energy, sum(costs[2:]) / len(self.nodes)  # nodes are equally wide
 
 
 class DHSNet(nn.Module):
@@ -151,18 +160,21 @@ class DHSNet(nn.Module):
             self.alpha = None
         self.beta = nn.Parameter(1e-3 * torch.randn(L, cfg.levels, 2)) if self.search_layer else None
 
-        def surrogate() -> DGSSurrogate | None:
-            return DGSSurrogate(cfg.b_init, cfg.dgs_delta) if searching and cfg.dgs else None
+        def surrogate(b: float) -> DGSSurrogate | None:
+            # with a genotype, cfg.dgs keeps searching b from the derived value while the network trains
+            return DGSSurrogate(b, cfg.dgs_delta) if cfg.dgs else None
 
         def node(k: int, i: int) -> nn.Module:
             if genotype is not None:
-                return build_neuron(genotype.neuron(k, i))
+                choice = genotype.neuron(k, i)
+                return build_neuron(choice, surrogate(choice.b) if choice.kind == "lif" else None)
             choices = cfg.neuron_choices()
-            return NodeMix(choices, surrogate()) if len(choices) > 1 else build_neuron(choices[0], surrogate())
+            sg = surrogate(cfg.b_init)
+            return NodeMix(choices, sg) if len(choices) > 1 else build_neuron(choices[0], sg)
 
         stem_c = steps * C
         stem_b = genotype.stem_b if genotype else cfg.b_init
-        stem_sg = surrogate()
+        stem_sg = surrogate(stem_b)
         self.stem = nn.Sequential(SeqToANN(nn.Conv2d(in_channels, stem_c, 3, cfg.stem_stride, padding=1, bias=False), nn.BatchNorm2d(stem_c)),
                                   dhs_lif(surrogate=stem_sg if stem_sg is not None else f"dspike:{stem_b}"))
         out_c = {(-1, 0): stem_c, (-2, 0): stem_c}
@@ -212,27 +224,30 @@ class DHSNet(nn.Module):
         x = repeat_input(x, self.cfg.timesteps, self.in_channels)
         stem = self.stem(x)
         states = {(-2, 0): stem, (-1, 0): stem}
+        stem_cost = synaptic_cost(self.stem[-1], stem)
+        costs = {(-2, 0): stem_cost, (-1, 0): stem_cost}
         prob = {(-1, 0): torch.ones((), device=x.device)}
         trans = transition_weights(self.beta, self.cfg.levels) if self.beta is not None else None
         alpha = torch.softmax(self.alpha, -1) if self.alpha is not None else None
         energy, dense = torch.zeros((), device=x.device), 0.0
         for k in range(self.num_layers):
             for lv in self.levels_at(k):
-                total = None
+                total, cost = None, 0.0
                 for src, t in ((lv, "same"), (lv - 1, "down")):
                     key = f"{k}_{lv}_{t}"
                     if key not in self.cells:
                         continue
                     cell = self.cells[key]
                     w = trans[k, src, 0 if t == "same" else 1] if trans is not None else torch.ones((), device=x.device)
-                    s0 = states[(k - 2, self._prev_prev_level(k, lv, states))]
-                    out, e = cell(s0, states[(k - 1, src)], alpha)
+                    pp = (k - 2, self._prev_prev_level(k, lv, states))
+                    out, e, c = cell(states[pp], states[(k - 1, src)], alpha, costs[pp], costs[(k - 1, src)])
                     p = prob[(k - 1, src)] * w
                     total = w * out if total is None else total + w * out
+                    cost = cost + w * c  # the level's state is the w-weighted sum: so is its cost per synaptic op
                     prob[(k, lv)] = prob.get((k, lv), 0) + p
                     energy = energy + p * e
                     dense += float(p.detach()) * cell.dense
-                states[(k, lv)] = total
+                states[(k, lv)], costs[(k, lv)] = total, cost
         self.energy, self.dense_energy = energy, max(dense, 1e-12)
         last = self.num_layers - 1
         logits = sum(head(states[(last, int(lv))].mean((3, 4))) for lv, head in self.heads.items())

@@ -52,12 +52,22 @@ class DGSSurrogate(Surrogate):
         return _Spike.apply(x, shape, torch.softmax(self.logits, 0))
 
     def commit(self) -> float:
-        """Move ``b`` to the winning candidate, clamp it, and restart the logits."""
-        step = self.offsets()[int(self.logits.argmax())]
+        """Move ``b`` to the winning candidate, clamp it, and restart the logits. A tie keeps the current
+        ``b``: a node whose logits got no gradient (all still equal) must not drift down by delta."""
+        w = self.logits.detach()
+        step = 0.0 if bool(w[1] >= w.max()) else self.offsets()[int(w.argmax())]
         self.alpha = float(min(max(self.alpha + step, self.b_range[0]), self.b_range[1]))
         with torch.no_grad():
             self.logits.zero_()
         return self.alpha
+
+    # b is a plain float (the surrogate reads it every call); it travels in the state dict as extra state,
+    # so checkpoints of searches and of DGS training resume with the b each node has reached
+    def get_extra_state(self) -> dict:
+        return {"b": self.alpha}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.alpha = float(state["b"])
 
 
 @dataclass(frozen=True)

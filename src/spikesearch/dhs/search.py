@@ -31,6 +31,8 @@ from .genotype import Genotype, derive_cell, transition_weights, viterbi
 from .network import DHSNet
 from .nodes import DGSSurrogate, NeuronChoice, NodeMix
 
+DGS_LR = 0.05  # Adam on the DGS logits (official: 0.01 over up to 200 steps; ours takes 4-20 hypergradient steps)
+
 
 @dataclass
 class SearchConfig:
@@ -42,11 +44,11 @@ class SearchConfig:
     grad_clip: float = 5.0
     arch_lr: float = 3e-3  # Adam on alpha/beta/node logits (official 1e-3 over 50 epochs)
     arch_weight_decay: float = 1e-3
-    arch_start_epoch: int = 1  # weights-only warm-up epochs before architecture steps
+    arch_start_epoch: int = 0  # weights-only warm-up epochs before architecture steps (official: none)
     energy_weight: float = 0.0  # lambda of lambda * E[energy] / E[dense ANN energy]
     dgs_every: int = 1  # epochs between DGS phases
     dgs_steps: int = 4
-    dgs_lr: float = 0.05
+    dgs_lr: float = DGS_LR
     train_portion: float = 0.5
     seed: int = 0
 
@@ -130,17 +132,55 @@ def derive(model: DHSNet, info: dict | None = None) -> Genotype:
     return Genotype(cell, path, nodes, float(stem_sg.alpha), info or {})
 
 
-def _endless_pairs(train: BatchLoader, val: BatchLoader):
+def _endless(loader: BatchLoader):
+    """Batches of pass after pass: a phase of more steps than one pass has batches starts another."""
     while True:
-        yield from zip(train, val)
+        yield from loader
+
+
+def _consecutive_pairs(loader: BatchLoader):
+    batches = _endless(loader)
+    while True:
+        yield next(batches), next(batches)
+
+
+def dgs_phase(model: DHSNet, pairs, steps: int, lr: float, opt: torch.optim.Optimizer) -> None:
+    """``steps`` hypergradient steps on every DGS logit, (train batch, held-out batch) from ``pairs``, then
+    each node's ``b`` moves to its winner (``DGSSurrogate.commit``)."""
+    surrogates = model.dgs_surrogates()
+    for s in surrogates:
+        s.searching = True
+    try:
+        for _ in range(steps):
+            batch, held_out = next(pairs)
+            dgs_step(model, batch, held_out, lr, opt)
+    finally:
+        for s in surrogates:
+            s.searching = False
+    for s in surrogates:
+        s.commit()
+
+
+def dgs_during_training(model: DHSNet, every: int, steps: int):
+    """A ``Trainer`` epoch hook that keeps searching each node's ``b`` while a derived network trains (the
+    official ``train.py --use_DGS``: every ``every`` epochs, b clamped to [1, 6]). Consecutive training
+    batches serve as the (train, held-out) pairs; the logits restart at zero each phase, so a fresh Adam
+    per phase loses nothing and a resumed run repeats the phases exactly."""
+    def hook(trainer, epoch: int) -> None:
+        if (epoch + 1) % every:
+            return
+        logits = [s.logits for s in model.dgs_surrogates()]
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        dgs_phase(model, _consecutive_pairs(trainer.train_loader), steps, lr, torch.optim.Adam(logits, lr=DGS_LR))
+        trainer.run.log(f"DGS after epoch {epoch + 1}: b in {sorted({round(s.alpha, 2) for s in model.dgs_surrogates()})}")
+    return hook
 
 
 def _save_state(path: Path, epoch: int, model: DHSNet, opts: dict, loaders: dict, history: list[dict]) -> None:
-    """Everything the next epoch depends on: weights and architecture parameters, each DGS ``b`` (a plain
-    float, not in the state dict), the optimisers and schedule, the loaders' generators and every RNG."""
+    """Everything the next epoch depends on: weights and architecture parameters (each DGS ``b`` is in the
+    state dict as extra state), the optimisers and schedule, the loaders' generators and every RNG."""
     buf = io.BytesIO()
     torch.save({"epoch": epoch, "model": model.state_dict(),
-                "b": {n: m.alpha for n, m in model.named_modules() if isinstance(m, DGSSurrogate)},
                 "optimizers": {k: o.state_dict() for k, o in opts.items() if o is not None},
                 "loaders": {k: v.state_dict() for k, v in loaders.items()}, "rng": rng_state(), "history": history}, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -150,9 +190,6 @@ def _load_state(path: Path, model: DHSNet, opts: dict, loaders: dict) -> tuple[i
     ck = load_checkpoint(path)
     with resumable(path):
         model.load_state_dict(ck["model"])
-        for name, m in model.named_modules():
-            if isinstance(m, DGSSurrogate):
-                m.alpha = float(ck["b"][name])
         for k, o in opts.items():
             if o is not None:
                 o.load_state_dict(ck["optimizers"][k])
@@ -174,7 +211,8 @@ def run_search(model: DHSNet, data: ImageSet, augment: Augment, cfg: SearchConfi
     w_opt = torch.optim.SGD(weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, cfg.epochs, eta_min=cfg.lr * 0.01)
     arch = model.arch_parameters()
-    a_opt = torch.optim.Adam(arch, lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=cfg.arch_weight_decay) if arch else None
+    # the official search.py's Adam: betas (0.9, 0.999) (DARTS used 0.5), weight decay 1e-3
+    a_opt = torch.optim.Adam(arch, lr=cfg.arch_lr, betas=(0.9, 0.999), weight_decay=cfg.arch_weight_decay) if arch else None
     surrogates = model.dgs_surrogates()
     d_opt = torch.optim.Adam([s.logits for s in surrogates], lr=cfg.dgs_lr) if surrogates else None
     opts = {"weights": w_opt, "schedule": sched, "arch": a_opt, "dgs": d_opt}
@@ -221,15 +259,7 @@ def run_search(model: DHSNet, data: ImageSet, augment: Augment, cfg: SearchConfi
             bar.set_postfix(loss=f"{sums['train_loss'] / n:.3f}", val_acc=f"{100 * sums['val_acc'] / n:.1f}%")
         sched.step()
         if d_opt is not None and (epoch + 1) % cfg.dgs_every == 0:
-            for s in surrogates:
-                s.searching = True
-            batches = _endless_pairs(train, val)  # more DGS steps than batches start another pass
-            for _ in range(cfg.dgs_steps):
-                (x, y), (xv, yv) = next(batches)
-                dgs_step(model, (x, y), (xv, yv), w_opt.param_groups[0]["lr"], d_opt)
-            for s in surrogates:
-                s.searching = False
-                s.commit()
+            dgs_phase(model, zip(_endless(train), _endless(val)), cfg.dgs_steps, w_opt.param_groups[0]["lr"], d_opt)
         row = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()},
                "arch_steps": search_arch, "seconds": time.perf_counter() - t0, **snapshot(model)}
         history.append(row)

@@ -19,6 +19,7 @@ from ..trainer import (
     pick_device,
     seed_everything,
 )
+from .checkpoint import state_of
 from .network import macro_config
 from .parallel import BACKENDS, SNASNetBuilder, WorkerPool
 from .plots import plot_cell, plot_scores
@@ -41,6 +42,26 @@ def fill_recipe(a: argparse.Namespace) -> None:
     for k, v in SHORT_RECIPES.get(a.dataset, PAPER_RECIPE).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
+
+
+def train_config(a: argparse.Namespace) -> TrainConfig:
+    """The official recipe's names: ``--scheduler step`` is the official step schedule, the learning rate
+    divided by 10 at 50 % and 75 % of the epochs (``MultiStepLR``), not a step every 30 epochs."""
+    scheduler = "multistep" if a.scheduler == "step" else a.scheduler
+    return TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.learning_rate,
+                       momentum=a.momentum, weight_decay=a.weight_decay, scheduler=scheduler, gamma=0.1, seed=a.seed,
+                       eval_interval=a.val_interval, progress=not a.quiet)
+
+
+def score_config(a: argparse.Namespace) -> ScoreConfig:
+    """``--score_official`` is the official hook's arithmetic: dropout on, no state reset between the scoring
+    batches, per-call kernels in float32 (summed in float64 as the hook's numpy accumulator does)."""
+    if a.score_official and a.score_dropout == "off":
+        raise SpikeSearchError("--score_official scores with dropout on; drop --score_dropout off")
+    official = dict(dropout=True, reset=False, kernel_dtype="float32") if a.score_official else {}
+    return ScoreConfig(**{"alpha": a.score_alpha, "normalise": a.score_norm, "aggregate": a.score_aggregate,
+                          "batch_size": a.score_batch, "repeats": a.score_repeats, "augment": a.score_augment,
+                          "dropout": a.score_dropout == "on", **official})
 
 
 def scoring_batches(loader, cfg: ScoreConfig, seed: int) -> list[torch.Tensor]:
@@ -79,8 +100,7 @@ def run_snasnet(a: argparse.Namespace) -> dict:
         raise SpikeSearchError("--ray-address needs --workers N (how many candidate shards run at once)")
     build = SNASNetBuilder(a.celltype, macro, a.timestep, a.tau, a.threshold, a.surrogate, str(device))
     if mat is None:
-        score_cfg = ScoreConfig(alpha=a.score_alpha, normalise=a.score_norm, aggregate=a.score_aggregate,
-                                batch_size=a.score_batch, repeats=a.score_repeats, augment=a.score_augment)
+        score_cfg = score_config(a)
         cfg = SearchConfig(num_search=a.num_search, celltype=a.celltype, strategy=a.strategy, seed=a.seed, score=score_cfg)
         batches = scoring_batches(train, score_cfg, a.seed)
         pool = None
@@ -91,7 +111,7 @@ def run_snasnet(a: argparse.Namespace) -> dict:
         if mat is None:
             raise SpikeSearchError("--savemodel_pth evaluates a given cell: add its --cnt_mat")
         model = build(mat)
-        load_model_weights(model, load_checkpoint(a.savemodel_pth, device), a.savemodel_pth)
+        load_model_weights(model, state_of(load_checkpoint(a.savemodel_pth, device)), a.savemodel_pth)
     run = request.open()  # only after the inputs checked out: a failed command writes nothing
 
     result: dict = {"dataset": a.dataset, "celltype": a.celltype, "timesteps": a.timestep}
@@ -128,9 +148,7 @@ def run_snasnet(a: argparse.Namespace) -> dict:
         return result
     seed_everything(a.seed)
     model = build(mat)
-    tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size,
-                       optimizer=a.optimizer, lr=a.learning_rate, momentum=a.momentum, weight_decay=a.weight_decay,
-                       scheduler=a.scheduler, seed=a.seed, eval_interval=a.val_interval, progress=not a.quiet)
+    tcfg = train_config(a)
     result.update(train_and_report(model, train, test, tcfg, run, a.timestep, title, resume=run.resumed))
     run.save_json("results.json", result)
     return result
@@ -150,7 +168,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--celltype", default="backward", choices=["forward", "backward"])
     g.add_argument("--second_avgpooling", type=arg.positive_int, default=2, help="pooling size after cell 2")
     g.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help="default: sgd (paper); adam on fmnist-small")
-    g.add_argument("--scheduler", default="cosine", choices=["cosine", "multistep", "step", "none"])
+    g.add_argument("--scheduler", default="cosine", choices=["cosine", "multistep", "step", "none"],
+                   help="cosine: to lr/100 (official); step (official) = multistep: lr/10 at 50%% and 75%% of the epochs")
     g.add_argument("--learning_rate", type=arg.positive_float, default=None, help="default: 0.1 (paper); 3e-3 on fmnist-small")
     g.add_argument("--momentum", type=arg.fraction, default=0.9)
     g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=arg.nonneg_float, default=None,
@@ -169,6 +188,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--score_norm", default="rate", choices=["rate", "january", "none"], help="none = plain Hamming (NASWOT)")
     s.add_argument("--score_alpha", type=arg.nonneg_float, default=0.5)
     s.add_argument("--score_augment", action="store_true", help="score on augmented batches (official behaviour)")
+    s.add_argument("--score_dropout", default=None, choices=["on", "off"],
+                   help="the classifier's dropout while scoring (default off; official: on; see docs/snasnet.md)")
+    s.add_argument("--score_official", action="store_true",
+                   help="the official hook's arithmetic: dropout on, no reset between the scoring batches, float32 "
+                        "kernels (with --score_batch 256 --score_augment: the official procedure in full)")
     s.add_argument("--top_k", type=arg.positive_int, default=10)
     s.add_argument("--workers", type=arg.positive_int, default=None,
                    help="score candidate shards in parallel (random search): Ray tasks or local processes")

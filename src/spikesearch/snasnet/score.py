@@ -28,9 +28,10 @@ from torch import Tensor, nn
 
 from .. import kernels
 from ..errors import SpikeSearchError
-from ..neurons import BaseNode, TimeSharedDropout, reset
+from ..neurons import BaseNode, Stateful, TimeSharedDropout, reset
 
 NORMALISATIONS = ("rate", "january", "none")
+KERNEL_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 AGGREGATES = ("mean", "sum")
 CPU_KERNEL_CHUNK = 4
 
@@ -44,6 +45,8 @@ class ScoreConfig:
     repeats: int = 2  # official: 2 batches, score = mean of their log-dets
     augment: bool = False  # official: augmented training batches
     dropout: bool = False  # official: on (train mode)
+    reset: bool = True  # official: off (membranes and dropout masks carried from one scoring batch to the next)
+    kernel_dtype: str = "float64"  # official: each call's kernel in float32, summed in float64
 
     def validate(self) -> None:
         if self.normalise not in NORMALISATIONS:
@@ -52,6 +55,8 @@ class ScoreConfig:
             raise SpikeSearchError(f"score aggregation must be one of {AGGREGATES}, got {self.aggregate!r}")
         if self.batch_size < 2 or self.repeats < 1:
             raise SpikeSearchError("scoring needs batch_size >= 2 and repeats >= 1")
+        if self.kernel_dtype not in KERNEL_DTYPES:
+            raise SpikeSearchError(f"kernel dtype must be one of {tuple(KERNEL_DTYPES)}, got {self.kernel_dtype!r}")
 
 
 def gram(x: Tensor) -> Tensor:
@@ -65,17 +70,20 @@ def gram(x: Tensor) -> Tensor:
 
 
 def hamming_kernels(grams: Tensor, n_feat: Tensor, cfg: ScoreConfig) -> Tensor:
-    """Kernels [C, B, B] (float64) of C spike maps from their Gram matrices [C, B, B] and feature counts [C]."""
-    grams, n = grams.double(), n_feat.double().to(grams.device)[:, None, None]
+    """Kernels [C, B, B] of C spike maps from their Gram matrices [C, B, B] and feature counts [C], formed in
+    ``cfg.kernel_dtype`` (float64; float32 as the official hook) and returned in float64 for the sum."""
+    dtype = KERNEL_DTYPES[cfg.kernel_dtype]
+    grams, n = grams.to(dtype), n_feat.to(dtype=dtype, device=grams.device)[:, None, None]
     ones = grams.diagonal(dim1=1, dim2=2)
     d_h = ones[:, :, None] + ones[:, None, :] - 2 * grams
     if cfg.normalise == "none":
-        return n - d_h
+        return (n - d_h).double()
     r = ones / n[:, :, 0]
     expected = r[:, :, None] * (1 - r[:, None, :]) + (1 - r[:, :, None]) * r[:, None, :]
     if cfg.normalise == "rate":
         expected = expected * n
-    return n - cfg.alpha * d_h / (expected + 1e-3)
+    rescale = cfg.alpha / (expected + 1e-3)  # the official hook's order of operations (matters in float32)
+    return (n - rescale * d_h).double()
 
 
 def hamming_kernel(x: Tensor, cfg: ScoreConfig) -> Tensor:
@@ -140,10 +148,22 @@ def scoring_layout(model: nn.Module, batches: list[Tensor]) -> Iterator[list[Ten
         model.to(memory_format=torch.contiguous_format)
 
 
+def _reset_between_batches(model: nn.Module, first: bool, cfg: ScoreConfig) -> None:
+    """Everything before the first batch; before the others everything with ``cfg.reset``, else (the
+    official code since July 2022) only what its forward clears itself: the cells' feedback buffers, not
+    the membranes or the dropout masks."""
+    if first or cfg.reset:
+        reset(model)
+        return
+    for m in model.modules():
+        if isinstance(m, Stateful) and not isinstance(m, (BaseNode, TimeSharedDropout)):
+            m.reset_state()
+
+
 @torch.inference_mode()
 def score_model(model: nn.Module, batches: list[Tensor], cfg: ScoreConfig) -> float:
-    """Mean over ``batches`` of log|det K|. State is reset before every pass (the official code
-    carried membrane potentials from the first scoring batch into the second)."""
+    """Mean over ``batches`` of log|det K|. State is reset before every pass unless ``cfg.reset`` is off
+    (the official code carried membrane potentials and dropout masks from one batch into the next)."""
     cfg.validate()
     model.train()
     for m in model.modules():
@@ -152,8 +172,8 @@ def score_model(model: nn.Module, batches: list[Tensor], cfg: ScoreConfig) -> fl
     found = []
     try:
         with scoring_layout(model, batches) as batches:
-            for x in batches:
-                reset(model)
+            for i, x in enumerate(batches):
+                _reset_between_batches(model, i == 0, cfg)
                 hooks = KernelHooks(model, cfg)
                 try:
                     model(x)
