@@ -12,7 +12,9 @@ from spikesearch.convert import (
     QCFS,
     VGG,
     BinaryConv2d,
+    BinaryLinear,
     ConvertConfig,
+    SpikingNet,
     VGGConfig,
     binarize,
     convert,
@@ -115,15 +117,74 @@ def test_every_binary_filter_has_two_values():
     assert type(vgg.classifier[-1]) is nn.Linear  # last layer full precision
 
 
-def test_binary_gradient_is_the_xnor_rule():
-    w = (torch.randn(4, 6) * 0.8).requires_grad_()
-    g = torch.randn(4, 6)
-    (binarize(w) * g).sum().backward()
-    n = w.shape[1]
-    alpha = w.detach().abs().mean(1, keepdim=True)
-    sign = torch.where(w.detach() >= 0, 1.0, -1.0)
-    expected = g * alpha * (w.detach().abs() <= 1) + sign * (g * sign).sum(1, keepdim=True) / n
-    torch.testing.assert_close(w.grad, expected)
+class _BinOp:
+    """XNOR-Net-PyTorch's ``BinOp`` (``util.py``), transcribed for the parts the B-SNN training calls:
+    binarization() = meancenter + clamp + save + binarize, then restore() and updateBinaryGradWeight()."""
+
+    def __init__(self, weight):
+        self.target, self.saved = weight, weight.data.clone()
+
+    def binarization(self):
+        w = self.target
+        negMean = w.data.mean(1, keepdim=True).mul(-1).expand_as(w.data)
+        w.data = w.data.add(negMean)
+        w.data = w.data.clamp(-1.0, 1.0)
+        self.saved.copy_(w.data)
+        n, s = w.data[0].nelement(), w.data.size()
+        m = (w.data.norm(1, 3, keepdim=True).sum(2, keepdim=True).sum(1, keepdim=True).div(n) if len(s) == 4
+             else w.data.norm(1, 1, keepdim=True).div(n))
+        w.data = w.data.sign().mul(m.expand(s))
+
+    def restore(self):
+        self.target.data.copy_(self.saved)
+
+    def updateBinaryGradWeight(self):
+        weight = self.target.data
+        n, s = weight[0].nelement(), weight.size()
+        if len(s) == 4:
+            m = weight.norm(1, 3, keepdim=True).sum(2, keepdim=True).sum(1, keepdim=True).div(n).expand(s).clone()
+        else:
+            m = weight.norm(1, 1, keepdim=True).div(n).expand(s).clone()
+        m[weight.lt(-1.0)] = 0
+        m[weight.gt(1.0)] = 0
+        m = m.mul(self.target.grad.data)
+        m_add = weight.sign().mul(self.target.grad.data)
+        if len(s) == 4:
+            m_add = m_add.sum(3, keepdim=True).sum(2, keepdim=True).sum(1, keepdim=True).div(n).expand(s)
+        else:
+            m_add = m_add.sum(1, keepdim=True).div(n).expand(s)
+        m_add = m_add.mul(weight.sign())
+        self.target.grad.data = m.add(m_add).mul(1.0 - 1.0 / s[1]).mul(n)
+
+
+@pytest.mark.parametrize("shape", [(16, 3, 3, 3), (8, 16, 3, 3), (10, 24)])
+def test_binary_training_step_is_xnor_nets_binop(shape):
+    """One training step of our binary layer equals BinOp's: the same projected latent weights, the same
+    binarized forward, and the gradient of updateBinaryGradWeight (135x ours before for a 16x3x3 filter)."""
+    torch.manual_seed(0)
+    layer = (BinaryConv2d(shape[1], shape[0], shape[2], bias=False) if len(shape) == 4
+             else BinaryLinear(shape[1], shape[0], bias=False))
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(shape) * 0.9)  # some beyond [-1, 1], not centred
+    x = torch.randn(5, shape[1], 6, 6) if len(shape) == 4 else torch.randn(5, shape[1])
+    ref = nn.Parameter(layer.weight.detach().clone())
+    ref_layer = copy.deepcopy(layer)  # the official loop binarizes the parameter, runs the plain layer
+    ref_layer.weight = ref
+    g = torch.randn_like(layer.eval()(x).detach())  # eval: no projection yet
+
+    layer.train()
+    out = layer(x)
+    (out * g).sum().backward()
+
+    official = _BinOp(ref)
+    official.binarization()
+    plain = nn.functional.conv2d(x, ref, None, ref_layer.stride, ref_layer.padding) if len(shape) == 4 else x @ ref.T
+    (plain * g).sum().backward()
+    official.restore()
+    official.updateBinaryGradWeight()
+    torch.testing.assert_close(out, plain)
+    torch.testing.assert_close(layer.weight.detach(), ref.detach())  # centred and clamped in place, kept
+    torch.testing.assert_close(layer.weight.grad, ref.grad, rtol=1e-5, atol=1e-4)  # float sums in another order
 
 
 def test_percentile_histogram_matches_numpy():
@@ -179,8 +240,10 @@ def test_cli_train_ann_then_convert(tmp_path, capsys):
                  "--quiet"]) == 0
     res = json.loads((job / "results.json").read_text())
     assert res["images"] == 100 and len((job / "accuracy_per_timestep.csv").read_text().splitlines()) == 13
-    for f in ("accuracy_vs_timestep.png", "spikes.png", "spikes.json"):
+    for f in ("accuracy_vs_timestep.png", "spikes.png", "spikes.json", "layer_report.json", "layer_report.png"):
         assert (job / f).is_file()
+    report = json.loads((job / "layer_report.json").read_text())
+    assert len(report["layers"]) == 14 and set(report["layers"][0]["per_t"]) == {"1", "2", "4", "8", "12"}
     assert (tmp_path / "acc.csv").is_file()
     torch.save(torch.load(ann_dir / "model.pt")["model"], tmp_path / "bare.pt")  # bare state dict, other width
     assert main(["convert", "--job-dir", str(tmp_path / "bad"), "--model", str(tmp_path / "bare.pt"),
@@ -225,3 +288,68 @@ def test_conversion_on_cuda_matches_the_cpu(data, tmp_path):
         results.append((torch.cat(lams).cpu(), snn.simulate(x.to(dev), 32, one_step=True)[-1].cpu()))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-3, atol=1e-4)
     assert float((results[0][1].argmax(1) == results[1][1].argmax(1)).float().mean()) >= 0.97
+
+
+def _one_stage_snn(weights, presim):
+    """A single IF layer fed constant currents: ``weights`` is the current of each neuron per step."""
+    lin = nn.Linear(1, len(weights))
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(weights)[:, None])
+        lin.bias.zero_()
+    out = nn.Linear(len(weights), len(weights))
+    with torch.no_grad():
+        out.weight.copy_(torch.eye(len(weights)))
+        out.bias.zero_()
+    return SpikingNet([nn.Sequential(lin)], nn.Sequential(out), v_init=0.5, presim=presim)
+
+
+def test_srp_silences_neurons_whose_residual_potential_is_not_positive():
+    """SRP (Hao et al. 2023): after tau uncounted steps a neuron whose membrane is <= 0 stays silent; the rest
+    restart at half threshold and are counted."""
+    x = torch.ones(1, 1)
+    # currents: +0.3 fires and keeps a positive residue; -0.2 ends at 0.5 - 0.8 < 0; +0.125 ends at exactly 1.0
+    # after 4 steps, fires at step 4 -> residue 0 -> silenced: the unevenness error SRP removes
+    snn = _one_stage_snn([0.3, -0.2, 0.125], presim=4)
+    counted = snn.simulate(x, 6, one_step=True)[-1][0]
+    plain = _one_stage_snn([0.3, -0.2, 0.125], presim=0).simulate(x, 6, one_step=True)[-1][0]
+    assert counted[1] == 0 and counted[2] == 0 and counted[0] == plain[0] > 0
+    assert plain[2] > 0  # without SRP the third neuron fires in the counted steps
+    with pytest.raises(SpikeSearchError, match="one-step"):
+        snn.simulate(x, 2, one_step=False)
+
+
+def test_calibration_reduces_the_rate_error_it_is_fitted_for(data, tmp_path):
+    from spikesearch.convert.report import layer_report
+
+    ann = trained(data, small_net(), tmp_path)
+    x = norm_batches(data, 256)
+    test = torch.cat([b for b, _ in data[1]])[:256]
+    errors = {}
+    for method in ("percentile", "calibrate"):
+        snn, _ = convert(copy.deepcopy(ann), x, ConvertConfig(percentile=99.9, method=method, v_init=0.5, calib_timesteps=8))
+        errors[method] = [abs(row["per_t"][8]["bias"]) for row in layer_report(snn, test, [8], one_step=True)]
+    assert sum(errors["calibrate"]) < 0.5 * sum(errors["percentile"]), errors  # on held-out images
+
+
+def test_layer_report_error_shrinks_with_t_and_saturation_is_counted(data, tmp_path):
+    from spikesearch.convert.report import layer_report
+
+    ann = trained(data, small_net(), tmp_path, epochs=1)
+    snn, lams = convert(ann, norm_batches(data, 256), ConvertConfig(percentile=99.0))
+    test = torch.cat([b for b, _ in data[1]])[:128]
+    rows = layer_report(snn, test, [2, 64], one_step=True)
+    assert all(r["per_t"][64]["mae"] < r["per_t"][2]["mae"] for r in rows)
+    with torch.no_grad():  # the first layer's saturation by hand: the ANN's ReLU above the 99th percentile
+        first = torch.relu(split_stages(ann)[0][0](test)) / lams[0]
+    assert rows[0]["saturated"] == pytest.approx(float((first > 1).float().mean()), abs=1e-6)
+    assert 0.005 < rows[0]["saturated"] < 0.02
+
+
+def test_method_errors_come_before_the_run_folder(tmp_path, capsys):
+    ann_dir = tmp_path / "ann"
+    assert main(["train-ann", "--job-dir", str(ann_dir), "--epochs", "1", "--width", "0.0625", "--train_subset", "128",
+                 "--test_subset", "64", "--quiet"]) == 0
+    for extra, msg in ((["--method", "qcfs"], "QCFS activations"), (["--method", "srp"], "--one-step")):
+        code = main(["convert", "--job-dir", str(tmp_path / "snn"), "--model", str(ann_dir / "model.pt"), "--time", "4",
+                     "--eval_size", "32", "--quiet", *extra])
+        assert code == 2 and msg in capsys.readouterr().err and not (tmp_path / "snn").exists()

@@ -1,37 +1,65 @@
-"""XNOR-style binary-weight layers (Rastegari et al. 2016, BWN): ``W_b = sign(W) * alpha`` with
-``alpha = mean |W|`` per output filter, latent real weights, and a straight-through sign whose
-gradient is cut where ``|W| > 1``. Differentiating ``sign(W) * mean|W|`` through that STE gives exactly
-XNOR-Net-PyTorch's ``updateBinaryGradWeight`` rule (the alpha term plus the 1/n mean term)."""
+"""XNOR-style binary-weight layers (Rastegari et al. 2016, BWN) trained as the B-SNN repository trains them,
+through XNOR-Net-PyTorch's ``BinOp``:
+
+- before every training forward the latent real weights are **mean-centred** over the input channels of each
+  filter (``meancenterConvParams``) and **clamped to [-1, 1]** (``clampConvParams``), in place, so the stored
+  latent weights stay centred and bounded;
+- the forward uses ``W_b = sign(W) * alpha`` with ``alpha = mean |W|`` per output filter
+  (``binarizeConvParams``);
+- the backward is ``updateBinaryGradWeight``: with ``n`` weights per filter and ``C`` input channels,
+  ``dL/dW = (alpha * g * 1[|W| <= 1] + sign(W) * sum(g * sign(W)) / n) * (1 - 1/C) * n`` (the mean-centring's
+  Jacobian taken as the factor ``1 - 1/C`` and the ``1/n`` of the mean undone by ``* n``).
+
+``tests/test_convert.py`` checks the gradient against a transcription of ``updateBinaryGradWeight``.
+"""
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
 
-class _SignSTE(torch.autograd.Function):
+def _filter_dims(w: Tensor) -> tuple[int, ...]:
+    return tuple(range(1, w.dim()))
+
+
+class _XnorWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: Tensor) -> Tensor:
-        ctx.save_for_backward(w)
-        return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)  # never 0: exactly two values per filter
+        alpha = w.abs().mean(dim=_filter_dims(w), keepdim=True)
+        ctx.save_for_backward(w, alpha)
+        return torch.where(w >= 0, 1.0, -1.0).to(w.dtype) * alpha  # never 0: exactly two values per filter
 
     @staticmethod
     def backward(ctx, g: Tensor) -> Tensor:
-        (w,) = ctx.saved_tensors
-        return g * (w.abs() <= 1).to(g.dtype)
+        w, alpha = ctx.saved_tensors
+        n, c = w[0].numel(), w.shape[1]
+        sign = torch.where(w >= 0, 1.0, -1.0).to(g.dtype)
+        through_sign = alpha * g * (w.abs() <= 1).to(g.dtype)
+        through_alpha = sign * (g * sign).sum(dim=_filter_dims(w), keepdim=True) / n
+        return (through_sign + through_alpha) * (1.0 - 1.0 / c) * n
 
 
 def binarize(w: Tensor) -> Tensor:
-    alpha = w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
-    return _SignSTE.apply(w) * alpha
+    return _XnorWeight.apply(w)
+
+
+@torch.no_grad()
+def project_(w: Tensor) -> None:
+    """BinOp's ``meancenterConvParams`` and ``clampConvParams`` on the latent weights, in place."""
+    w.sub_(w.mean(dim=1, keepdim=True)).clamp_(-1.0, 1.0)
 
 
 class BinaryConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            project_(self.weight)
         return self._conv_forward(x, binarize(self.weight), self.bias)
 
 
 class BinaryLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            project_(self.weight)
         return nn.functional.linear(x, binarize(self.weight), self.bias)
 
 

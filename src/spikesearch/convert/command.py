@@ -22,8 +22,9 @@ from ..trainer import (
     pick_device,
     seed_everything,
 )
-from .converter import ConvertConfig, convert, evaluate_snn
+from .converter import METHODS, ConvertConfig, convert, evaluate_snn, resolve_method
 from .qcfs import init_thresholds
+from .report import layer_report, plot_layer_report
 from .vgg import ARCHS, VGG, VGGConfig
 
 # Lu & Sengupta's README recipes (CIFAR-100), and a short one for the bundled data.
@@ -105,20 +106,30 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     ann = load_vgg(a.model, a, info).to(device).eval()
     if a.results_file and not Path(a.results_file).parent.is_dir():
         raise SpikeSearchError(f"--results-file {a.results_file}: folder {Path(a.results_file).parent} does not exist")
+    cfg = ConvertConfig(a.percentile, a.channel_wise, a.v_init, a.method, a.presim, a.calib_timesteps, a.calib_images)
+    method = resolve_method(cfg, ann.cfg.activation == "qcfs")
+    if method == "srp" and not a.one_step:
+        raise SpikeSearchError("--method srp simulates one step at a time: add --one-step")
     run = request.open()  # only after the inputs checked out: a failed command writes nothing
     _, ann_acc = evaluate(ann, test)
     # normalisation images: the first --norm training images, un-augmented (the official code used the
     # train transforms with dropout active; both inflate the percentile)
     norm = train.data.subset(a.norm)
     batches = [x for x, _ in BatchLoader(norm, a.batch_size, train.augment, False, device)]
-    snn, lams = convert(ann, batches, ConvertConfig(a.percentile, a.channel_wise, a.v_init))
+    snn, lams = convert(ann, batches, cfg)
     snn = snn.to(device)
     mode = "one-step" if a.one_step else "synchronous (one step of delay per layer)"
-    run.log(f"converted {a.arch} ({'binary' if ann.cfg.binary else 'full precision'}, {ann.cfg.activation}): "
-            f"{len(snn.stages)} IF layers, thresholds from "
+    run.log(f"converted {a.arch} ({'binary' if ann.cfg.binary else 'full precision'}, {ann.cfg.activation}) by {method} "
+            f"({METHODS[method]}): {len(snn.stages)} IF layers, thresholds from "
             f"{'QCFS' if ann.cfg.activation == 'qcfs' else f'{a.percentile} percentile of {len(norm)} images'}; "
-            f"ANN test accuracy {100 * ann_acc:.2f}%; simulating T={a.time}, {mode}")
+            f"ANN test accuracy {100 * ann_acc:.2f}%; simulating T={a.time}"
+            + (f" after {snn.presim} uncounted SRP steps" if snn.presim else "") + f", {mode}")
     res = evaluate_snn(snn, test, a.time, a.one_step, progress=not a.quiet)
+    report_images = torch.cat([x for x, _ in test])[:a.report_images]
+    ts = sorted({t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if t <= a.time} | {a.time})
+    layers = layer_report(snn, report_images, ts, a.one_step)
+    run.save_json("layer_report.json", {"images": len(report_images), "method": method, "layers": layers})
+    plot_layer_report(layers, run.file("layer_report.png"), f"{a.arch} by {method}: where the SNN departs from the ANN")
     acc = res["accuracy"]
     table = run.save_csv("accuracy_per_timestep.csv", ["timestep", "snn_accuracy"], ((t + 1, v) for t, v in enumerate(acc)))
     plot_accuracy_vs_timestep({f"SNN ({mode.split(' ')[0]})": acc}, run.file("accuracy_vs_timestep.png"),
@@ -126,7 +137,8 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     plot_spike_report(res["spikes"], run.file("spikes.png"), f"converted {a.arch}, T={a.time}")
     run.save_json("spikes.json", res["spikes"])
     near = next((t + 1 for t, v in enumerate(acc) if v >= ann_acc - 0.01), None)
-    result = {"ann_acc": ann_acc, "test_acc": acc[-1], "best_snn_acc": max(acc), "timesteps": a.time,
+    result = {"method": method, "presim": snn.presim, "ann_acc": ann_acc, "test_acc": acc[-1], "best_snn_acc": max(acc),
+              "timesteps": a.time,
               "timesteps_to_ann_minus_1pt": near, "images": res["images"],
               "seconds_per_timestep": res["seconds_per_timestep"], "thresholds": [t.tolist() for t in lams],
               "spikes": {k: v for k, v in res["spikes"].items() if k != "layers"}}
@@ -187,5 +199,12 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel-wise", "--channel_wise", dest="channel_wise", action="store_true",
                    help="one threshold per channel instead of per layer")
     p.add_argument("--v-init", "--v_init", dest="v_init", type=arg.fraction, default=None,
-                   help="initial membrane as a fraction of threshold (default 0.5 for QCFS models, else 0)")
+                   help="initial membrane as a fraction of threshold (default 0 for the percentile method, else 0.5)")
+    p.add_argument("--method", default="auto", choices=list(METHODS),
+                   help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    p.add_argument("--presim", type=arg.positive_int, default=4, help="srp: uncounted pre-simulation steps (SRP's tau)")
+    p.add_argument("--calib_timesteps", type=arg.positive_int, default=8, help="calibrate: the T the biases are fitted for")
+    p.add_argument("--calib_images", type=arg.positive_int, default=256, help="calibrate: training images used")
+    p.add_argument("--report_images", type=arg.positive_int, default=256,
+                   help="test images for the per-layer report (layer_report.json/.png)")
     add_model_flags(p)

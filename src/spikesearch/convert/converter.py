@@ -33,15 +33,34 @@ from .qcfs import QCFS
 HIST_BINS = 2048
 
 
+METHODS = {
+    "auto": "qcfs for a QCFS-trained ANN, else percentile",
+    "percentile": "percentile threshold balancing, membrane from 0 (Lu & Sengupta 2020; Rueckauer et al. 2017)",
+    "qcfs": "the ANN's trained QCFS thresholds, membrane from half threshold (Bu et al., ICLR 2022)",
+    "srp": "QCFS/percentile thresholds from half threshold, then residual membrane potential: a neuron whose "
+           "membrane is not positive after --presim steps stays silent (Hao et al., AAAI 2023)",
+    "calibrate": "thresholds from half threshold, then layer-by-layer bias calibration on training images "
+                 "(Li et al., ICML 2021, light pipeline)",
+}
+
+
 @dataclass
 class ConvertConfig:
     percentile: float = 99.9
     channel_wise: bool = False
-    v_init: float | None = None  # None: 0.5 (half threshold) for QCFS models, 0 otherwise
+    v_init: float | None = None  # None: 0 for the percentile method, else 0.5 (half threshold)
+    method: str = "auto"
+    presim: int = 4  # srp: pre-simulation steps before the counted ones (SRP's tau)
+    calib_timesteps: int = 8  # calibrate: the latency the biases are corrected for
+    calib_images: int = 256  # calibrate: training images (Li et al. use a few hundred to a thousand)
 
     def validate(self) -> None:
         if not 0 < self.percentile <= 100:
             raise SpikeSearchError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.method not in METHODS:
+            raise SpikeSearchError(f"conversion method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.presim <= 0 or self.calib_timesteps <= 0 or self.calib_images <= 0:
+            raise SpikeSearchError("--presim, --calib_timesteps and --calib_images must be positive")
 
 
 def _plain_copy(layer: nn.Module) -> nn.Module:
@@ -148,29 +167,51 @@ def percentile_thresholds(stages, batches: list[Tensor], percentile: float, chan
 
 
 class SpikingNet(nn.Module):
-    """The converted network: stages of (linear ops -> IF with threshold 1), then the output ops."""
+    """The converted network: stages of (linear ops -> IF with threshold 1), then the output ops.
+    ``presim > 0`` is SRP: that many uncounted steps first, after which every neuron whose membrane is not
+    positive is silenced for the counted steps and all membranes restart."""
 
-    def __init__(self, stages: list[nn.Sequential], output: nn.Sequential, v_init: float) -> None:
+    def __init__(self, stages: list[nn.Sequential], output: nn.Sequential, v_init: float, presim: int = 0,
+                 levels: list[int | None] | None = None) -> None:
         super().__init__()
+        self.levels = levels or [None] * len(stages)  # the ANN's activation per stage: QCFS levels, None = ReLU
         self.stages = nn.ModuleList(nn.Sequential(*ops, IF(v_threshold=1.0, v_reset=None, v_init=v_init))
                                     for ops in stages)
         self.output = output
         self.pool_delay = [any(isinstance(m, nn.AvgPool2d) for m in ops) for ops in list(stages) + [output]]
+        self.presim = presim
+
+    def ann_ops(self, k: int) -> nn.Sequential:
+        """Stage ``k``'s converted ANN ops (rescaled, BN folded), without the IF and a calibration shift."""
+        return nn.Sequential(*(m for m in self.stages[k][:-1] if not isinstance(m, BiasShift)))
+
+    def _step(self, x: Tensor, masks: list[Tensor] | None) -> Tensor:
+        """One timestep through every layer (one-step propagation); SRP's masks silence neurons."""
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if masks is not None:
+                x = x * masks[i]
+        return self.output(x)
 
     @torch.no_grad()
     def simulate(self, x: Tensor, timesteps: int, one_step: bool = False) -> Tensor:
-        """Cumulative output current after each step, ``[T, B, classes]``. Event frames ``[F, B, C, H, W]``
-        are replayed in a loop: step t reads frame t mod F."""
+        """Cumulative output current after each counted step, ``[T, B, classes]``. Event frames
+        ``[F, B, C, H, W]`` are replayed in a loop: step t reads frame t mod F."""
         reset(self)
         frames = x if x.dim() == 5 else x.unsqueeze(0)
         layers = [*self.stages, self.output]
         outs, total = [], 0.0
+        masks = None
+        if self.presim:
+            if not one_step:
+                raise SpikeSearchError("SRP (--method srp) simulates one step at a time: add --one-step")
+            for t in range(self.presim):
+                self._step(frames[t % len(frames)], None)
+            masks = [(stage[-1].v > 1e-3).to(frames.dtype) for stage in self.stages]  # residual potential > 0
+            reset(self)
         if one_step:
             for t in range(timesteps):
-                h = frames[t % len(frames)]
-                for layer in layers:
-                    h = layer(h)
-                total = total + h
+                total = total + self._step(frames[(t + self.presim) % len(frames)], masks)
                 outs.append(total)
             return torch.stack(outs)
         # synchronous: every layer reads its source's output of the previous step (zeros at t=0), the input
@@ -196,8 +237,16 @@ class SpikingNet(nn.Module):
         return torch.stack(outs)
 
 
+def resolve_method(cfg: ConvertConfig, qcfs: bool) -> str:
+    if cfg.method == "qcfs" and not qcfs:
+        raise SpikeSearchError("--method qcfs needs an ANN trained with QCFS activations (train-ann --activation qcfs)")
+    return ("qcfs" if qcfs else "percentile") if cfg.method == "auto" else cfg.method
+
+
 def convert(ann: nn.Module, batches: list[Tensor], cfg: ConvertConfig = ConvertConfig()) -> tuple[SpikingNet, list[Tensor]]:
-    """Convert ``ann`` (eval mode) using ``batches`` of normalisation images; returns the SNN and lam_l."""
+    """Convert ``ann`` (eval mode) using ``batches`` of training images (threshold balancing and, for
+    ``calibrate``, bias calibration); returns the SNN and lam_l. Thresholds come from the ANN's QCFS layers
+    when it has them, else from the percentile of each layer's activations."""
     cfg.validate()
     batches = [b.mean(0) if b.dim() == 5 else b for b in batches]  # event frames: the ANN's view is their mean
     ann.eval()
@@ -206,6 +255,7 @@ def convert(ann: nn.Module, batches: list[Tensor], cfg: ConvertConfig = ConvertC
     qcfs = [a for a in acts if isinstance(a, QCFS)]
     if qcfs and len(qcfs) != len(acts):
         raise SpikeSearchError("cannot convert a network that mixes ReLU and QCFS activations")
+    method = resolve_method(cfg, bool(qcfs))
     if qcfs:
         lams = [a.threshold.detach().abs().view(1).clone() for a in qcfs]
     else:
@@ -219,8 +269,74 @@ def convert(ann: nn.Module, batches: list[Tensor], cfg: ConvertConfig = ConvertC
         prev = lam
     out_ops = stages[-1][0]
     _rescale(out_ops, prev, one)
-    v_init = cfg.v_init if cfg.v_init is not None else (0.5 if qcfs else 0.0)
-    return SpikingNet(ops_list, out_ops, v_init), lams
+    v_init = cfg.v_init if cfg.v_init is not None else (0.0 if method == "percentile" else 0.5)
+    snn = SpikingNet(ops_list, out_ops, v_init, presim=cfg.presim if method == "srp" else 0,
+                     levels=[a.levels if isinstance(a, QCFS) else None for a in acts])
+    if method == "calibrate":
+        calibrate_biases(snn, torch.cat(batches)[:cfg.calib_images], cfg.calib_timesteps)
+    return snn, lams
+
+
+def ann_activation(levels: int | None, clip: bool = True):
+    """The ANN's activation in units of its threshold (what a converted stage's rate stands for): QCFS with
+    threshold 1 and ``levels`` levels; ReLU (``levels`` None) clipped at 1 (a rate cannot exceed 1) or, with
+    ``clip=False``, the ANN's own unbounded ReLU."""
+    if levels is not None:
+        return lambda z: torch.clamp(torch.floor(z * levels + 0.5) / levels, 0, 1)
+    return (lambda z: torch.clamp(z, 0, 1)) if clip else torch.relu
+
+
+class BiasShift(nn.Module):
+    """A per-channel current added before a stage's IF neurons: SNN calibration's correction, kept apart from
+    the converted ANN weights (``SpikingNet.ann_ops`` leaves it out)."""
+
+    def __init__(self, shift: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("shift", shift)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.shift.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+@torch.no_grad()
+def calibrate_biases(snn: SpikingNet, x: Tensor, timesteps: int, iterations: int = 16) -> list[float]:
+    """Light SNN calibration (Li et al., ICML 2021, bias correction): layer by layer, a per-channel current
+    (``BiasShift``) makes each channel's mean firing rate over ``timesteps`` one-step steps match its mean ANN
+    activation (in threshold units, the ANN fed its own previous activations); the next layer is calibrated
+    against the corrected one. The paper adds the mean error once; here each channel's shift is found by
+    bisection, because a rate is a staircase in the bias: images with a flat background put many neurons on
+    one activation value, and when that sits near a step a one-shot correction overshoots (measured on the
+    bundled data: the mean error grew). Returns each stage's mean absolute shift."""
+    shifts = []
+    ann_in, spikes_in = x, [x] * timesteps
+    for k, stage in enumerate(snn.stages):
+        ops, neuron = snn.ann_ops(k), stage[-1]
+        ann_out = ann_activation(snn.levels[k])(ops(ann_in))
+        target = _per_channel(ann_out)
+        lo, hi = torch.full_like(target, -1.0), torch.full_like(target, 1.0)
+        for _ in range(iterations):  # the mean rate rises with the shift: bisect every channel at once
+            mid = (lo + hi) / 2
+            low = _per_channel(_run_stage(ops, neuron, spikes_in, mid).mean(0)) < target
+            lo, hi = torch.where(low, mid, lo), torch.where(low, hi, mid)
+        candidates = torch.stack([lo, hi])
+        errors = torch.stack([(_per_channel(_run_stage(ops, neuron, spikes_in, c).mean(0)) - target).abs()
+                              for c in candidates])
+        shift = candidates.gather(0, errors.argmin(0, keepdim=True))[0]
+        snn.stages[k] = nn.Sequential(*ops, BiasShift(shift), neuron)
+        shifts.append(float(shift.abs().mean()))
+        ann_in, spikes_in = ann_out, list(_run_stage(ops, neuron, spikes_in, shift))
+    return shifts
+
+
+def _per_channel(a: Tensor) -> Tensor:
+    return a.transpose(0, 1).reshape(a.shape[1], -1).mean(1)
+
+
+def _run_stage(ops: nn.Sequential, neuron: IF, inputs: list[Tensor], shift: Tensor) -> Tensor:
+    """One stage over a recorded input sequence with a per-channel ``shift`` current: its spikes ``[T, ...]``."""
+    add = BiasShift(shift)
+    neuron.reset_state()
+    return torch.stack([neuron(add(ops(inp))) for inp in inputs])
 
 
 def _rescale(ops: nn.Sequential, lam_in: Tensor, lam_out: Tensor) -> None:
