@@ -15,6 +15,7 @@ from .datasets import DATASETS
 from .dhs import command as dhs_command
 from .errors import SpikeSearchError
 from .events import SPLITS
+from .export import command as export_command
 from .models import SpikingCNN
 from .neurons import NEURONS
 from .pipeline import make_loaders, train_and_report
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("dhs", help="SpikeDHS differentiable search: search | derive | train")
     dhs_command.add_arguments(h, add_common)
+
+    x = sub.add_parser("export", help="write a trained or converted network as NIR (neuromorphic hardware)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    export_command.add_arguments(x)
 
     d = sub.add_parser("datasets", help="list datasets, their expected layouts, neurons and surrogates")
     d.set_defaults(func=cmd_datasets)

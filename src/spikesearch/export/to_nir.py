@@ -1,0 +1,372 @@
+"""spikesearch networks -> NIR graphs (see the package doc for the conventions)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SpikeSearchError
+from ..neurons import IF, LIF, PLIF, BaseNode, SeqToANN, TimeSharedDropout
+
+DT = 1e-4  # seconds per simulation step, written into every graph as metadata["dt"] (snnTorch's NIR reader assumes it)
+SKIP = (nn.Dropout, TimeSharedDropout, nn.Identity)  # no-ops at inference
+
+
+def nir_module():
+    try:
+        import nir
+    except ImportError:
+        raise SpikeSearchError('NIR export needs the nir package: pip install -e ".[nir]" (or pip install nir)') from None
+    return nir
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().double().numpy().astype(np.float32) if isinstance(t, torch.Tensor) else np.asarray(t, np.float32)
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+class Graph:
+    """Nodes and edges under construction; ``modules`` maps a neuron node to the module it stands for."""
+
+    def __init__(self) -> None:
+        self.nir = nir_module()
+        self.nodes: dict = {}
+        self.edges: list[tuple[str, str]] = []
+        self.modules: dict[str, str] = {}
+
+    def add(self, prefix: str, node, *sources: str, module: str | None = None) -> str:
+        name = f"{prefix}_{len(self.nodes)}"
+        self.nodes[name] = node
+        self.edges += [(s, name) for s in sources]
+        if module is not None:
+            self.modules[name] = module
+        return name
+
+    def total(self, shape, *sources: str) -> str:
+        """A node that is the sum of its inputs (NIR sums what enters a node): an identity ``Scale``."""
+        return self.add("sum", self.nir.Scale(scale=np.ones(shape, np.float32)), *sources)
+
+    # --- synapses -------------------------------------------------------------------------------------
+    def conv(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, src: str, shape, where: str,
+             weight_slice: slice | None = None, with_bias: bool = True) -> tuple[str, tuple]:
+        from ..convert.binary import effective_weight
+
+        w = effective_weight(conv).double()
+        b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        if bn is not None:  # fold: the conv's output normalised by the running statistics, then scaled and shifted
+            scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+            w, b = w * scale.view(-1, 1, 1, 1), (b - bn.running_mean.double()) * scale + bn.bias.detach().double()
+        if weight_slice is not None:
+            w = w[:, weight_slice]
+        if isinstance(conv.padding, str):
+            raise SpikeSearchError(f"{where}: string padding {conv.padding!r} is not exported; use integers")
+        c, h, wd = shape
+        out = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
+               zip((h, wd), conv.kernel_size, conv.stride, conv.padding, conv.dilation)]
+        node = self.nir.Conv2d(input_shape=(h, wd), weight=_np(w), stride=_pair(conv.stride), padding=_pair(conv.padding),
+                               dilation=_pair(conv.dilation), groups=conv.groups,
+                               bias=_np(b if with_bias else torch.zeros_like(b)))
+        return self.add("conv", node, src), (w.shape[0], *out)
+
+    def affine(self, weight: torch.Tensor, bias: torch.Tensor | None, src: str) -> tuple[str, tuple]:
+        if bias is None:
+            return self.add("linear", self.nir.Linear(weight=_np(weight)), src), (weight.shape[0],)
+        return self.add("affine", self.nir.Affine(weight=_np(weight), bias=_np(bias)), src), (weight.shape[0],)
+
+    def batchnorm(self, bn: nn.BatchNorm2d, src: str, shape) -> tuple[str, tuple]:
+        """A BatchNorm on an analog value (no conv before it to fold into): a 1x1 convolution with a diagonal
+        weight (NIR's type inference takes a depthwise convolution's input channels from its weight)."""
+        scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        shift = bn.bias.detach().double() - bn.running_mean.double() * scale
+        node = self.nir.Conv2d(input_shape=tuple(shape[1:]), weight=_np(torch.diag(scale)[:, :, None, None]),
+                               stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, bias=_np(shift))
+        return self.add("bn", node, src), tuple(shape)
+
+    def avgpool(self, pool: nn.AvgPool2d, src: str, shape, where: str) -> tuple[str, tuple]:
+        (k0, k1), (s0, s1), (p0, p1) = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding)
+        c, h, w = shape
+        partial = pool.ceil_mode and ((h + 2 * p0 - k0) % s0 or (w + 2 * p1 - k1) % s1)
+        if partial:
+            raise SpikeSearchError(f"{where}: AvgPool2d(ceil_mode=True) on a {h}x{w} map has partial windows, which NIR's "
+                                   "pooling cannot express (use inputs whose sizes the pools divide)")
+        out = (c, (h + 2 * p0 - k0) // s0 + 1, (w + 2 * p1 - k1) // s1 + 1)
+        kw = dict(kernel_size=np.array([k0, k1]), stride=np.array([s0, s1]), padding=np.array([p0, p1]))
+        if pool.count_include_pad or (p0, p1) == (0, 0):
+            return self.add("avgpool", self.nir.AvgPool2d(**kw), src), out
+        # padding not counted: a sum over the window, divided by how many real cells each window holds
+        ones = torch.ones(1, 1, h, w, dtype=torch.float64)
+        counts = nn.functional.avg_pool2d(ones, (k0, k1), (s0, s1), (p0, p1), divisor_override=1)[0, 0]
+        summed = self.add("sumpool", self.nir.SumPool2d(**kw), src)
+        return self.add("scale", self.nir.Scale(scale=_np((1 / counts).expand(out))), summed), out
+
+    def flatten(self, src: str, shape) -> tuple[str, tuple]:
+        node = self.nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
+        return self.add("flatten", node, src), (int(np.prod(shape)),)
+
+    # --- neurons ----------------------------------------------------------------------------------------
+    def neuron(self, m: BaseNode, src: str, shape, where: str) -> str:
+        ones = np.ones(shape, np.float32)
+        th = float(m.v_threshold)
+        if not isinstance(m, IF) and not isinstance(m, LIF):
+            raise SpikeSearchError(f"{where}: {type(m).__name__} has no NIR counterpart")
+        if m.v_reset is None:
+            if not isinstance(m, IF) or isinstance(m, LIF):
+                raise SpikeSearchError(f"{where}: a leaky neuron with reset by subtraction is not exported")
+            if m.v_init != 0:
+                raise SpikeSearchError(f"{where}: the membrane starts at {m.v_init:g} x threshold; NIR has no initial "
+                                       "state (convert with --method percentile, whose neurons start at 0)")
+            meta = {"spikesearch": {"neuron": "if", "reset": "subtract", "v_threshold": th, "fires_at": ">="}}
+            # u[t] = u[t-1] + x[t] - th s[t-1], s[t] = [u[t] >= th]: our pre-reset membrane H[t]
+            integ = self.add("integrator", self.nir.I(r=ones / DT), src)
+            spikes = self.add("threshold", self.nir.Threshold(threshold=ones * th, metadata=meta), integ, module=where)
+            back = self.add("scale", self.nir.Scale(scale=-th * ones), self.add("delay", self.nir.Delay(delay=ones * DT), spikes))
+            self.edges.append((back, integ))
+            return spikes
+        vr = float(m.v_reset)
+        if m.v_init != vr:
+            raise SpikeSearchError(f"{where}: the membrane starts at {m.v_init:g}, not at its reset value; NIR has no "
+                                   "initial state")
+        meta = {"neuron": type(m).__name__.lower(), "v_threshold": th, "v_reset": vr, "fires_at": ">="}
+        if isinstance(m, IF):
+            node = self.nir.IF(r=ones / DT, v_threshold=ones * th, v_reset=ones * vr, metadata={"spikesearch": meta})
+            return self.add("if", node, src, module=where)
+        tau = float(1 / torch.sigmoid(m.w).item()) if isinstance(m, PLIF) else float(m.tau)
+        meta.update(tau=tau, decay_input=bool(m.decay_input))
+        # forward Euler over DT: v += DT / tau_nir * (v_leak - v + r I) -- our update with tau_nir = DT * tau
+        node = self.nir.LIF(tau=ones * DT * tau, r=ones if m.decay_input else ones * tau, v_leak=ones * vr,
+                            v_threshold=ones * th, v_reset=ones * vr, metadata={"spikesearch": meta})
+        return self.add("lif", node, src, module=where)
+
+    # --- chains ---------------------------------------------------------------------------------------------
+    def chain(self, modules, src: str, shape, where: str) -> tuple[str, tuple]:
+        """A sequence of stateless layers and neurons: Conv2d(+BatchNorm), BatchNorm, AvgPool2d, Flatten, Linear,
+        neurons; SeqToANN and Sequential wrappers are walked into, dropout and identities skipped."""
+        flat = list(_leaves(modules, where))
+        i = 0
+        while i < len(flat):
+            path, m = flat[i]
+            nxt = flat[i + 1][1] if i + 1 < len(flat) else None
+            if isinstance(m, nn.Conv2d):
+                bn = nxt if isinstance(nxt, nn.BatchNorm2d) else None
+                src, shape = self.conv(m, bn, src, shape, path)
+                i += 1 + (bn is not None)
+                continue
+            if isinstance(m, nn.BatchNorm2d):
+                src, shape = self.batchnorm(m, src, shape)
+            elif isinstance(m, nn.AvgPool2d):
+                src, shape = self.avgpool(m, src, shape, path)
+            elif isinstance(m, nn.Flatten):
+                src, shape = self.flatten(src, shape)
+            elif isinstance(m, nn.Linear):
+                from ..convert.binary import effective_weight
+
+                src, shape = self.affine(effective_weight(m), m.bias, src)
+            elif isinstance(m, BaseNode):
+                src = self.neuron(m, src, shape, path)
+            elif not isinstance(m, SKIP):
+                raise SpikeSearchError(f"{path}: {type(m).__name__} is not exported to NIR")
+            i += 1
+        return src, shape
+
+    def graph(self, input_shape, first: str, last: str, out_shape, kind: str):
+        self.nodes[first] = self.nir.Input(input_type=np.array(input_shape))
+        self.nodes["output"] = self.nir.Output(output_type=np.array(out_shape))
+        self.edges.append((last, "output"))
+        meta = {"dt": DT, "spikesearch": {"model": kind, "modules": self.modules,
+                                          "readout": "the output node's value is summed (converted SNN) or averaged "
+                                                     "(trained SNNs) over the timesteps; the argmax is the class"}}
+        return self.nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=meta)
+
+
+def _leaves(modules, where: str):
+    for name, m in (modules.named_children() if isinstance(modules, nn.Module) else enumerate(modules)):
+        path = f"{where}.{name}" if where else str(name)
+        if isinstance(m, (nn.Sequential, SeqToANN)):
+            yield from _leaves(m, path)
+        else:
+            yield path, m
+
+
+# --- the model families ------------------------------------------------------------------------------------
+
+def _spiking_cnn(model, input_shape):
+    g = Graph()
+    src, shape = g.chain(model.features, "input", tuple(input_shape), "features")
+    src, shape = g.chain(model.classifier, src, shape, "classifier")
+    return g.graph(input_shape, "input", src, shape, "SpikingCNN")
+
+
+def _snasnet_cell(g: Graph, cell, src: str, shape, where: str) -> str:
+    """Node values are sum nodes; a spiking edge reads its source node's LIF; a backward edge j -> k (j > k)
+    acts one step later through a Delay."""
+    from ..snasnet.network import BoxFilter3
+
+    z = [g.total(shape, src)] + [g.total(shape) for _ in range(3)]
+    lifs: dict[int, str] = {}
+    for key, op in cell.edges.items():
+        i, j = int(key[0]), int(key[1])
+        source = z[i]
+        if cell.spiking[key]:
+            if i not in lifs:
+                lifs[i] = g.neuron(cell.lifs[str(i)], z[i], shape, f"{where}.lifs.{i}")
+            source = lifs[i]
+        if isinstance(op, BoxFilter3):  # AvgPool2d(3, 1, 1) with the padding counted
+            out, _ = g.avgpool(nn.AvgPool2d(3, 1, 1), source, shape, f"{where}.edges.{key}")
+        elif isinstance(op, nn.Identity):
+            out = source
+        else:
+            out, _ = g.chain(op, source, shape, f"{where}.edges.{key}")
+        if i > j:
+            out = g.add("delay", g.nir.Delay(delay=np.full(shape, DT, np.float32)), out)
+        g.edges.append((out, z[j]))
+    return z[3]
+
+
+def _snasnet(model):
+    m = model.macro
+    g = Graph()
+    shape = (m.in_channels, m.image_size, m.image_size)
+    src, s = g.chain(model.stem, "input", shape, "stem")
+    src = _snasnet_cell(g, model.cell1, src, s, "cell1")
+    src, s = g.chain(model.downconv, src, s, "downconv")
+    src = _snasnet_cell(g, model.cell2, src, s, "cell2")
+    src, s = g.chain(model.last_act, src, s, "last_act")
+    src, s = g.chain(list(model.classifier)[:-1], src, s, "classifier")
+    last = model.classifier[-1]
+    vote = torch.zeros(m.num_classes, m.out_neurons, dtype=torch.float64)
+    for c in range(m.num_classes):  # the vote (AvgPool1d over groups of outputs) folded into the last layer
+        vote[c, c * m.vote:(c + 1) * m.vote] = 1 / m.vote
+    src, s = g.affine(vote @ last.weight.detach().double(), vote @ last.bias.detach().double(), src)
+    return g.graph(shape, "input", src, s, "SNASNet")
+
+
+def _dhs(model):
+    from ..dhs.network import Cell
+
+    if model.genotype is None:
+        raise SpikeSearchError("a DHS search trellis is not a network: export the derived one (dhs train's model)")
+    g = Graph()
+    size = model.sizes[0] * model.cfg.stem_stride
+    shape = (model.in_channels, size, size)
+    src, s = g.chain(model.stem, "input", shape, "stem")
+    states = {(-2, 0): ([(src, s[0])], s[1]), (-1, 0): ([(src, s[0])], s[1])}
+    for k, lv in enumerate(model.path):
+        src_lv = model.path[k - 1] if k else 0
+        key = f"{k}_{lv}_{'same' if src_lv == lv else 'down'}"
+        cell: Cell = model.cells[key]
+        pp = (k - 2, model._prev_prev_level(k, lv, states))
+        pre = [_dhs_pre(g, cell.pre0, states[pp], cell.size, f"cells.{key}.pre0"),
+               _dhs_pre(g, cell.pre1, states[(k - 1, src_lv)], cell.size, f"cells.{key}.pre1")]
+        c = cell.pre0[0].module[0].out_channels
+        node_shape = (c, cell.size, cell.size)
+        outs = list(pre)
+        for i, node in enumerate(cell.nodes):
+            if not isinstance(node, BaseNode):
+                raise SpikeSearchError(f"cells.{key}.nodes.{i}: {type(node).__name__} (an ANN node of HNS) has no NIR "
+                                       "counterpart: NIR describes spiking and linear dynamics, not ReLU")
+            ins = []
+            for s_idx in cell.wiring[i]:
+                edge = cell.edges[f"{i}_{s_idx}"]
+                where = f"cells.{key}.edges.{i}_{s_idx}"
+                op, fire = edge.ops[0], edge.fire[0]
+                if edge.names[0] == "none":
+                    continue
+                if edge.names[0] == "skip":
+                    out = outs[s_idx]
+                else:
+                    out, _ = g.chain(op, outs[s_idx], node_shape, where)
+                if isinstance(fire, BaseNode):
+                    out = g.neuron(fire, out, node_shape, f"{where}.fire.0")
+                ins.append(out)
+            outs.append(g.neuron(node, g.total(node_shape, *ins), node_shape, f"cells.{key}.nodes.{i}"))
+        states[(k, lv)] = ([(o, c) for o in outs[2:]], cell.size)
+    parts, size = states[(len(model.path) - 1, model.path[-1])]
+    head = model.heads[str(model.path[-1])]
+    logits, start = [], 0
+    for n, (part, c) in enumerate(parts):  # global average pool + the head's weight slice, per concatenated node
+        pooled, _ = g.avgpool(nn.AvgPool2d(size), part, (c, size, size), "heads")
+        flat, _ = g.flatten(pooled, (c, 1, 1))
+        w = head.weight.detach()[:, start:start + c]
+        name, out_shape = g.affine(w, head.bias.detach() if n == 0 else torch.zeros(w.shape[0]), flat)
+        logits.append(name)
+        start += c
+    return g.graph(shape, "input", g.total(out_shape, *logits), out_shape, "DHSNet")
+
+
+def _dhs_pre(g: Graph, pre, state, size: int, where: str) -> str:
+    """A cell's input: nearest resize (a strided subsampling where the sizes divide) of the concatenated node
+    outputs, then its spiking 1x1 conv: one conv node per concatenated part with that part's weight slice."""
+    parts, in_size = state
+    if in_size % size:
+        raise SpikeSearchError(f"{where}: the nearest resize {in_size}->{size} picks rows unevenly, which a strided "
+                               "convolution cannot say (use image sizes the levels divide)")
+    stride = in_size // size
+    conv, bn = pre[0].module[0], pre[0].module[1]
+    strided = nn.Conv2d(conv.in_channels, conv.out_channels, 1, stride=stride, bias=False)
+    strided.weight = conv.weight
+    convs, start = [], 0
+    for n, (part, c) in enumerate(parts):
+        name, shape = g.conv(strided, bn, part, (c, in_size, in_size), f"{where}.0", slice(start, start + c), n == 0)
+        convs.append(name)
+        start += c
+    return g.neuron(pre[1], g.total(shape, *convs), shape, f"{where}.1")
+
+
+def _converted(model, input_shape):
+    import copy
+
+    from ..convert.converter import BiasShift
+
+    if model.presim:
+        raise SpikeSearchError("an SRP network silences neurons by masks decided at run time (after its --presim "
+                               "steps), which a NIR graph cannot hold; convert with --method percentile")
+    g = Graph()
+    src, shape = "input", tuple(input_shape)
+    for k, stage in enumerate(model.stages):
+        mods = [copy.deepcopy(m) for m in stage]
+        shift = next((m for m in mods if isinstance(m, BiasShift)), None)
+        if shift is not None:  # calibration's per-channel current: onto the last weighted layer's bias
+            last = [m for m in mods if isinstance(m, (nn.Conv2d, nn.Linear))][-1]
+            with torch.no_grad():
+                last.bias += shift.shift
+            mods.remove(shift)
+        src, shape = g.chain(mods, src, shape, f"stages.{k}")
+    src, shape = g.chain(model.output, src, shape, "output")
+    return g.graph(input_shape, "input", src, shape, "SpikingNet")
+
+
+def to_nir(model: nn.Module, input_shape: tuple[int, ...] | None = None):
+    """The NIR graph of a spikesearch network (eval-mode semantics: dropout off, BatchNorm's running
+    statistics). ``input_shape`` (C, H, W) is needed for ``SpikingCNN`` and converted VGGs, which do not
+    record their input size."""
+    from ..convert.converter import SpikingNet
+    from ..dhs.network import DHSNet
+    from ..models import SpikingCNN
+    from ..snasnet.network import SNASNet
+
+    if isinstance(model, SNASNet):
+        return _snasnet(model)
+    if isinstance(model, DHSNet):
+        return _dhs(model)
+    if isinstance(model, (SpikingCNN, SpikingNet)):
+        if input_shape is None:
+            raise SpikeSearchError(f"{type(model).__name__} does not record its input size: give input_shape=(C, H, W)")
+        return _spiking_cnn(model, input_shape) if isinstance(model, SpikingCNN) else _converted(model, input_shape)
+    raise SpikeSearchError(f"no NIR export for {type(model).__name__}: SpikingCNN, SNASNet, DHSNet (derived) and "
+                           "converted SNNs are exported")
+
+
+def write_nir(model: nn.Module, path: str | Path, input_shape: tuple[int, ...] | None = None) -> Path:
+    nir = nir_module()
+    path = Path(path)
+    graph = to_nir(model, input_shape)
+    try:
+        nir.write(str(path), graph)
+    except OSError as e:
+        raise SpikeSearchError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
