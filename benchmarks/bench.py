@@ -57,23 +57,42 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     a = ap.parse_args()
-    sections = []
+    notes = (ROOT / "benchmarks" / "NOTES.md").read_text()
+    kept = previous_sections(a.doc, notes)  # --only re-runs some benchmarks; the others keep their last section
+    stamp = datetime.date.today().isoformat()
+    sections = {}
     for name, commands in benchmarks(a.quick).items():
         if a.only and name not in a.only:
+            if TITLES[name] in kept:
+                sections[name] = kept[TITLES[name]]
             continue
+        parts = []
         for cmd in commands:
             line = " ".join(["python", *map(shlex.quote, cmd)])
             print(f"== {line}", flush=True)
             subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True)
             table = (ROOT / cmd[cmd.index("--out") + 1] / "table.md").read_text()
-            sections.append(f"### {TITLES[name]}\n\nCommand: `{line}`\n\n{table}")
-    stamp = datetime.date.today().isoformat()
+            parts.append(f"Command: `{line}` ({stamp}, {machine()})\n\n{table}")
+        sections[name] = f"### {TITLES[name]}\n\n" + "\n".join(parts)
     args = "".join(f" {shlex.quote(v)}" for v in sys.argv[1:])
-    header = (f"# Benchmarks\n\nWritten by `python benchmarks/bench.py{args}` (`make bench` runs it with no arguments) "
-              f"on {stamp}.\nMachine: {machine()}.\n\nRatios compare rows of one table, measured in one process; "
-              f"absolute times on a shared machine are noise.\n\n")
-    a.doc.write_text(header + "\n".join(sections) + (ROOT / "benchmarks" / "NOTES.md").read_text())
+    header = (f"# Benchmarks\n\nWritten by `python benchmarks/bench.py{args}` (`make bench` runs it with no arguments); "
+              f"every section names its command, date and machine.\n\nRatios compare rows of one table, measured in "
+              f"one process; absolute times on a shared machine are noise.\n\n")
+    a.doc.write_text(header + "\n".join(sections[n] for n in TITLES if n in sections) + notes)
     print(f"wrote {a.doc}")
+
+
+def previous_sections(doc: Path, notes: str) -> dict[str, str]:
+    """The sections of the current BENCHMARKS.md by title (the notes at its end left out)."""
+    if not doc.is_file():
+        return {}
+    text = doc.read_text()
+    text = text[:text.index(notes)] if notes in text else text
+    out = {}
+    for chunk in text.split("\n### ")[1:]:
+        title = chunk.split("\n", 1)[0].strip()
+        out[title] = "### " + chunk.rstrip() + "\n"
+    return out
 
 
 if __name__ == "__main__":

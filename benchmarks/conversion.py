@@ -9,7 +9,7 @@ ReLU ANNs with spikingjelly 2.0's ``ann2snn`` (RateCodingRecipe 99.9 %, and its 
 where it exists) when spikingjelly is installed (``pip install -e .[bench]``). All SNNs run one-step on the
 same test images. SRP's T counts only the simulated steps after its ``--presim`` uncounted ones (as its paper).
 
-    python benchmarks/conversion.py --epochs 30 --out runs/bench/conversion
+    python benchmarks/conversion.py --epochs 20 --out runs/bench/conversion
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ from spikesearch.run import Run
 from spikesearch.trainer import TrainConfig, Trainer, evaluate, seed_everything
 
 REPORT_T = (1, 2, 4, 8, 16, 32)
-METHODS = {"relu": ("percentile", "srp", "calibrate"), "qcfs": ("qcfs", "srp", "calibrate")}
+METHODS = {"relu": ("percentile", "srp", "calibrate", "signed", "signed-calibrate"),
+           "qcfs": ("qcfs", "srp", "calibrate", "signed", "signed-calibrate")}
 
 
 @torch.no_grad()
@@ -71,7 +72,7 @@ def spikingjelly_curves(ann, norm_batches, test, timesteps: int) -> dict[str, tu
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--timesteps", type=int, default=32)
     ap.add_argument("--eval_size", type=int, default=1000)

@@ -17,6 +17,7 @@ from .errors import SpikeSearchError
 from .events import SPLITS
 from .export import command as export_command
 from .models import SpikingCNN
+from .nasbench import command as nasbench_command
 from .neurons import NEURONS
 from .pipeline import make_loaders, train_and_report
 from .run import RunRequest
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("dhs", help="SpikeDHS differentiable search: search | derive | train")
     dhs_command.add_arguments(h, add_common)
+
+    n = sub.add_parser("nasbench", help="proxies and search strategies evaluated on SpikeNAS-Bench's trained table")
+    nasbench_command.add_arguments(n, add_common)
 
     x = sub.add_parser("export", help="write a trained or converted network as NIR (neuromorphic hardware)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -38,8 +38,9 @@ KEEP = 256  # producer records kept (with their tensors, so a storage is never r
 
 
 def is_binary(x: Tensor) -> bool:
-    """Exact zeros and ones: spikes, whatever reshaped, concatenated or resized them."""
-    return x.numel() > 0 and bool(((x == 0) | (x == 1)).all())
+    """Exact zeros and ones (or -1, the signed spikes of a signed IF): spikes, whatever reshaped, concatenated
+    or resized them."""
+    return x.numel() > 0 and bool(((x == 0) | (x.abs() == 1)).all())
 
 
 def _key(x: Tensor) -> tuple[int, int]:
@@ -140,7 +141,7 @@ class SpikeCounter:
     def _neuron_hook(self, name: str):
         def hook(_m, _inp, out: Tensor) -> None:
             e = self._entry(name, "neuron")
-            e["spikes"] += float(out.detach().sum())
+            e["spikes"] += float(out.detach().abs().sum())  # a signed spike (-1) is a spike too
             e["updates"] += out.numel()
             self._remember(out, 1.0)
         return hook
@@ -176,7 +177,8 @@ class SpikeCounter:
             key = (name, tuple(x.shape[1:]))
             if key not in self.fanouts:
                 self.fanouts[key] = fanout(m, x)
-            weighted = x.float() * area if not (isinstance(area, float) and area == 1.0) else x.float()
+            spikes = x.float().abs()  # signed spikes cost an accumulate each, whatever their sign
+            weighted = spikes * area if not (isinstance(area, float) and area == 1.0) else spikes
             if isinstance(m, nn.Linear):
                 e["acs"] += float(weighted.sum()) * m.out_features
             else:

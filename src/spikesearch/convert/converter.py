@@ -41,6 +41,9 @@ METHODS = {
            "membrane is not positive after --presim steps stays silent (Hao et al., AAAI 2023)",
     "calibrate": "thresholds from half threshold, then layer-by-layer bias calibration on training images "
                  "(Li et al., ICML 2021, light pipeline)",
+    "signed": "thresholds from half threshold, signed IF neurons: a neuron whose membrane drops below 0 after it "
+              "fired takes a spike back (-1) (Fast-SNN, Hu et al., TPAMI 2023)",
+    "signed-calibrate": "signed IF neurons, then the bias calibration of 'calibrate' at --calib_timesteps",
 }
 
 
@@ -166,16 +169,35 @@ def percentile_thresholds(stages, batches: list[Tensor], percentile: float, chan
     return out
 
 
+class SignedIF(IF):
+    """IF with reset by subtraction that can also take a spike back: when the membrane falls below 0 while
+    the neuron's net spike count is positive, it emits -1 and its membrane gains a threshold. Early spikes
+    that later input does not justify (the unevenness error of rate conversion) are so undone, and the net
+    count tracks round(t * a) in both directions (Hu et al., Fast-SNN, TPAMI 2023)."""
+
+    def reset_state(self) -> None:
+        super().reset_state()
+        self.count: Tensor | float = 0.0
+
+    def single_step(self, x: Tensor) -> Tensor:
+        v = self.v + x
+        s = (v >= self.v_threshold).to(x.dtype) - ((v < 0) & (self.count > 0) if isinstance(self.count, Tensor)
+                                                   else torch.zeros_like(v, dtype=torch.bool)).to(x.dtype)
+        self.v = v - s * self.v_threshold
+        self.count = self.count + s
+        return s
+
+
 class SpikingNet(nn.Module):
     """The converted network: stages of (linear ops -> IF with threshold 1), then the output ops.
     ``presim > 0`` is SRP: that many uncounted steps first, after which every neuron whose membrane is not
     positive is silenced for the counted steps and all membranes restart."""
 
     def __init__(self, stages: list[nn.Sequential], output: nn.Sequential, v_init: float, presim: int = 0,
-                 levels: list[int | None] | None = None) -> None:
+                 levels: list[int | None] | None = None, neuron: type[IF] = IF) -> None:
         super().__init__()
         self.levels = levels or [None] * len(stages)  # the ANN's activation per stage: QCFS levels, None = ReLU
-        self.stages = nn.ModuleList(nn.Sequential(*ops, IF(v_threshold=1.0, v_reset=None, v_init=v_init))
+        self.stages = nn.ModuleList(nn.Sequential(*ops, neuron(v_threshold=1.0, v_reset=None, v_init=v_init))
                                     for ops in stages)
         self.output = output
         self.pool_delay = [any(isinstance(m, nn.AvgPool2d) for m in ops) for ops in list(stages) + [output]]
@@ -271,8 +293,9 @@ def convert(ann: nn.Module, batches: list[Tensor], cfg: ConvertConfig = ConvertC
     _rescale(out_ops, prev, one)
     v_init = cfg.v_init if cfg.v_init is not None else (0.0 if method == "percentile" else 0.5)
     snn = SpikingNet(ops_list, out_ops, v_init, presim=cfg.presim if method == "srp" else 0,
-                     levels=[a.levels if isinstance(a, QCFS) else None for a in acts])
-    if method == "calibrate":
+                     levels=[a.levels if isinstance(a, QCFS) else None for a in acts],
+                     neuron=SignedIF if method.startswith("signed") else IF)
+    if method.endswith("calibrate"):
         calibrate_biases(snn, torch.cat(batches)[:cfg.calib_images], cfg.calib_timesteps)
     return snn, lams
 

@@ -1,0 +1,92 @@
+"""SpikeNAS-Bench: the reader on files written in its exact format, the id <-> cell map and the parameter counts
+of its logs, and the two commands end to end on a small synthetic clone."""
+import json
+
+import numpy as np
+import pytest
+
+from spikesearch import SpikeSearchError
+from spikesearch.cli import main
+from spikesearch.nasbench import bench
+from spikesearch.nasbench.bench import cell_of, id_of, parse_log, reaches_output
+from spikesearch.nasbench.network import BenchNet
+
+
+def write_log(root, arch_id, params, test_acc, epochs=12, seed=0):
+    """A train_process.txt as SpikeNAS-Bench writes it."""
+    rng = np.random.default_rng(seed + arch_id)
+    folder = root / "data" / "CIFAR10" / str(arch_id)
+    folder.mkdir(parents=True)
+    rows = [f"{e:.3f}, {rng.uniform(20, 99):.3f}, {rng.uniform(0, 2):.3f}, {min(test_acc, 10 + 7 * e) - rng.uniform(0, 2):.3f}, "
+            f"{rng.uniform(0, 2):.3f}" for e in range(epochs)]
+    (folder / "train_process.txt").write_text(
+        f"architecture id: {arch_id}\nmodel parameters: {params}\nepoch, train_acc, train_loss, val_acc, val_loss\n"
+        + "\n".join(rows) + f"\ntest accuracy: {test_acc:.3f}\n"
+        + "firing rate of layers: " + ", ".join(["0.100"] * 16) + "\nElapsed time: 2.0hour1.0minute3.0second\n")
+
+
+def params_of(arch_id):  # the formula its logs follow: 17,179,620 + 738,048 per conv edge
+    return 17_179_620 + 738_048 * int((cell_of(arch_id) >= 2).sum())
+
+
+@pytest.fixture
+def clone(tmp_path):
+    root = tmp_path / "SpikeNAS-Bench"
+    rng = np.random.default_rng(0)
+    for arch_id in [0, 1, 7, 12617, 3906, 5000, 777, 15624, 2222, 9999, 424, 11111]:
+        acc = 10.0 if not reaches_output(cell_of(arch_id)) else float(rng.uniform(80, 89))
+        write_log(root, arch_id, params_of(arch_id), acc)
+    return root
+
+
+def test_ids_map_to_cells_as_the_benchmark_does():
+    mat = cell_of(12617)  # base 5: 4 0 0 4 3 2, least significant digit on edge 0->1
+    assert [mat[i, j] for i, j in bench.EDGES] == [2, 3, 4, 0, 0, 4]
+    assert id_of(mat) == 12617 and all(id_of(cell_of(i)) == i for i in range(0, 15625, 97))
+    assert not reaches_output(cell_of(0)) and reaches_output(cell_of(12617))
+    assert sum(not reaches_output(cell_of(i)) for i in range(15625)) == 341  # exactly its 341 collapsed cells
+    for arch_id in (1, 12617):  # the counts its logs state: 17,179,620 and 20,131,812
+        assert sum(p.numel() for p in BenchNet(cell_of(arch_id)).parameters()) == params_of(arch_id)
+    assert params_of(12617) == 20_131_812
+
+
+def test_reader_checks_layout_and_lines(clone, tmp_path):
+    records = bench.read_bench(clone)
+    assert len(records) == 12 and records[0].test_acc == 10.0 and records[12617].params == 20_131_812
+    assert records[777].val_at(10) == pytest.approx(records[777].val_acc[9])
+    with pytest.raises(SpikeSearchError, match="not a SpikeNAS-Bench clone.*Expected layout"):
+        bench.read_bench(tmp_path / "empty")
+    log = clone / "data/CIFAR10/7/train_process.txt"
+    lines = log.read_text().splitlines()
+    lines[6] = "3.000, 55.100"  # a row cut short
+    log.write_text("\n".join(lines))
+    with pytest.raises(SpikeSearchError, match=r"7/train_process.txt:7: expected 'epoch, train_acc"):
+        parse_log(log)
+
+
+def test_proxies_and_search_commands(clone, tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    argv = ["nasbench", "proxies", "--bench_dir", str(clone), "--sample", "8", "--width", "0.0625", "--batch", "8",
+            "--repeats", "1", "--timestep", "2", "--inputs", "noise", "--runs_dir", str(runs), "--quiet"]
+    assert main(argv) == 0
+    res = json.loads((runs / "nasbench-proxies/results.json").read_text())
+    for name in ("sahd", "sahd-sum", "naswot", "sahd-last", "firing", "params", "rank-ensemble"):
+        assert -1 <= res["summary"][name]["all"]["kendall"] <= 1, name
+    assert len((runs / "nasbench-proxies/proxies.csv").read_text().splitlines()) == 9
+    assert (runs / "nasbench-proxies/proxies.png").is_file()
+
+    from spikesearch.nasbench import command
+
+    monkeypatch.setattr(command, "proxies", lambda *a, **k: pytest.fail("a resumed run rescored an architecture"))
+    assert main([*argv, "--resume"]) == 0  # every row is in the CSV: nothing is scored again
+
+    search = ["nasbench", "search", "--bench_dir", str(clone), "--runs_dir", str(runs), "--budget", "6", "--repeats", "4",
+              "--quiet"]
+    assert main([*search, "--proxy", "valacc10", "--name", "s1"]) == 0
+    assert main([*search, "--proxy", "sahd", "--scores", str(runs / "nasbench-proxies"), "--name", "s2"]) == 0
+    out = json.loads((runs / "s2/results.json").read_text())
+    assert len(out["mean"]["strategy"]) == 6 and out["best"] <= 89
+    assert main([*search, "--strategy", "evolution", "--proxy", "params", "--name", "s3"]) == 0
+    capsys.readouterr()
+    assert main([*search, "--proxy", "sahd", "--name", "s4"]) == 2
+    assert "--scores" in capsys.readouterr().err
