@@ -19,60 +19,24 @@ def _parse(s: str, kind: type) -> float | int:
     return v
 
 
-def positive_int(s: str) -> int:
-    v = _parse(s, int)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
-    return v
+def _checked(kind: type, ok, requirement: str):
+    """An argparse type: parse as ``kind`` (finite for floats), then require ``ok(value)``."""
+    def parse(s: str):
+        v = _parse(s, kind)
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{requirement}, got {v}")
+        return v
+    return parse
 
 
-def nonneg_int(s: str) -> int:
-    v = _parse(s, int)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def seed(s: str) -> int:
-    v = _parse(s, int)
-    if not 0 <= v <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"a seed is an integer in 0..{SEED_MAX}, got {v}")
-    return v
-
-
-def positive_float(s: str) -> float:
-    v = _parse(s, float)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
-
-
-def nonneg_float(s: str) -> float:
-    v = _parse(s, float)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def fraction(s: str) -> float:
-    v = _parse(s, float)
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
-    return v
-
-
-def percentile(s: str) -> float:
-    v = _parse(s, float)
-    if not 0 < v <= 100:
-        raise argparse.ArgumentTypeError(f"a percentile is in (0, 100], got {v}")
-    return v
-
-
-def tau(s: str) -> float:
-    v = _parse(s, float)
-    if v <= 1:
-        raise argparse.ArgumentTypeError(f"a time constant must be > 1 (1/tau is a decay fraction), got {v}")
-    return v
+positive_int = _checked(int, lambda v: v > 0, "must be positive")
+nonneg_int = _checked(int, lambda v: v >= 0, "must be >= 0")
+seed = _checked(int, lambda v: 0 <= v <= SEED_MAX, f"a seed is an integer in 0..{SEED_MAX}")
+positive_float = _checked(float, lambda v: v > 0, "must be > 0")
+nonneg_float = _checked(float, lambda v: v >= 0, "must be >= 0")
+fraction = _checked(float, lambda v: 0 <= v <= 1, "must be in [0, 1]")
+percentile = _checked(float, lambda v: 0 < v <= 100, "a percentile is in (0, 100]")
+tau = _checked(float, lambda v: v > 1, "a time constant must be > 1 (1/tau is a decay fraction)")
 
 
 def device(s: str) -> str:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..neurons import LIF, SeqToANN
+from ..snasnet.network import init_weights
 from .bench import EDGES
 
 THRESHOLDS = {2: 0.5, 3: 1.0, 4: 1.5}
@@ -82,16 +83,7 @@ class BenchNet(nn.Module):
         side = image_size // 4
         self.classifier = nn.Sequential(SeqToANN(nn.Flatten(), nn.Dropout(0.5), nn.Linear(c2 * side * side, hidden, bias=False)),
                                         bench_lif(MIDDLE), SeqToANN(nn.Linear(hidden, out)))
-        for m in self.modules():  # the benchmark's initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_uniform_(m.weight, a=2)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_weights(self)  # the benchmark initialises as SNASNet does
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.stem(x).unsqueeze(0).expand(self.timesteps, *x.shape[:1], *self.stem[0].weight.shape[:1], *x.shape[2:])

@@ -99,6 +99,21 @@ class SNASCell(nn.Module, Stateful):
         return z[-1]
 
 
+def init_weights(model: nn.Module) -> None:
+    """The official SNASNet initialisation (SpikeNAS-Bench's too): convs kaiming-uniform (a=2), BN 1/0,
+    Linear N(0, 0.01) with zero bias."""
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_uniform_(mod.weight, a=2)
+        elif isinstance(mod, nn.BatchNorm2d):
+            nn.init.ones_(mod.weight)
+            nn.init.zeros_(mod.bias)
+        elif isinstance(mod, nn.Linear):
+            nn.init.normal_(mod.weight, 0, 0.01)
+            if mod.bias is not None:
+                nn.init.zeros_(mod.bias)
+
+
 @dataclass(frozen=True)
 class MacroConfig:
     """Per-dataset widths of the macro network (official ``model_snn.SNASNet``; spec/snasnet.md 1.4)."""
@@ -175,19 +190,7 @@ class SNASNet(nn.Module):
                                         nn.Linear(m.c2 * m.feature_size ** 2, m.hidden, bias=False), neuron(),
                                         nn.Linear(m.hidden, m.out_neurons))
         self.vote = nn.AvgPool1d(m.vote, m.vote)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for mod in self.modules():
-            if isinstance(mod, nn.Conv2d):
-                nn.init.kaiming_uniform_(mod.weight, a=2)
-            elif isinstance(mod, nn.BatchNorm2d):
-                nn.init.ones_(mod.weight)
-                nn.init.zeros_(mod.bias)
-            elif isinstance(mod, nn.Linear):
-                nn.init.normal_(mod.weight, 0, 0.01)
-                if mod.bias is not None:
-                    nn.init.zeros_(mod.bias)
+        init_weights(self)
 
     @property
     def cnt_mat(self) -> str:
