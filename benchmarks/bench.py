@@ -19,7 +19,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path("runs/bench")  # relative to ROOT, so the printed commands run from any checkout
 TITLES = {"search_throughput": "P1: search throughput", "training_step": "P2: training step",
-          "conversion": "P3/P4: conversion accuracy and time per timestep"}
+          "conversion": "P3/P4: conversion accuracy and time per timestep",
+          "precision": "P5: reduced-precision convolutions on this CPU (issue 19's premise)"}
 
 
 def benchmarks(quick: bool) -> dict[str, list[list[str]]]:
@@ -30,7 +31,8 @@ def benchmarks(quick: bool) -> dict[str, list[list[str]]]:
     runs = {"search_throughput": [["benchmarks/search_throughput.py", "--candidates", candidates, "--batch", "256",
                                    "--out", str(OUT / "search_throughput")]],
             "training_step": [["benchmarks/training_step.py", "--steps", steps, "--out", str(OUT / "training_step_cpu")]],
-            "conversion": [conversion + ["--out", str(OUT / "conversion")]]}
+            "conversion": [conversion + ["--out", str(OUT / "conversion")]],
+            "precision": [["benchmarks/precision_conv.py", "--out", str(OUT / "precision_conv")]]}
     if torch.cuda.is_available():
         runs["search_throughput"].append(["benchmarks/search_throughput.py", "--candidates", candidates, "--batch", "256",
                                           "--device", "cuda", "--out", str(OUT / "search_throughput_cuda")])

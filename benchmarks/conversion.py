@@ -18,6 +18,7 @@ import copy
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from spikesearch.convert.qcfs import init_thresholds
 from spikesearch.loader import BatchLoader
 from spikesearch.pipeline import make_loaders
 from spikesearch.plots import plot_accuracy_vs_timestep
-from spikesearch.run import Run
+from spikesearch.run import Run, holds_run
 from spikesearch.trainer import TrainConfig, Trainer, evaluate, seed_everything
 
 REPORT_T = (1, 2, 4, 8, 16, 32)
@@ -36,8 +37,9 @@ METHODS = {"relu": ("percentile", "srp", "calibrate", "signed", "signed-calibrat
            "qcfs": ("qcfs", "srp", "calibrate", "signed", "signed-calibrate")}
 
 
-@torch.no_grad()
-def spikingjelly_curves(ann, norm_batches, test, timesteps: int) -> dict[str, tuple[list[float], float]]:
+def spikingjelly_curves(ann, norm_batches, test, timesteps: int) -> dict[str, Callable[[], tuple[list[float], float]]]:
+    """spikingjelly's recipes that exist in the installed version, each as a function that converts and
+    simulates (accuracy per timestep, seconds per timestep)."""
     try:
         from spikingjelly.activation_based import ann2snn, functional
     except ImportError:
@@ -46,13 +48,10 @@ def spikingjelly_curves(ann, norm_batches, test, timesteps: int) -> dict[str, tu
     recipes = {"spikingjelly 2.0 ann2snn (99.9%)": lambda: ann2snn.RateCodingRecipe(loader, mode="99.9%")}
     if hasattr(ann2snn, "LocalThresholdBalancingRecipe"):
         recipes["spikingjelly 2.0 local threshold balancing"] = lambda: ann2snn.LocalThresholdBalancingRecipe(loader)
-    out = {}
-    for label, recipe in recipes.items():
-        try:
-            snn = ann2snn.Converter(recipe()).convert(materialize(ann).eval())
-        except Exception as e:  # a recipe that does not run on this network is reported, not fatal
-            print(f"  {label}: did not run ({type(e).__name__}: {str(e)[:120]})", flush=True)
-            continue
+
+    @torch.no_grad()
+    def simulate(recipe) -> tuple[list[float], float]:
+        snn = ann2snn.Converter(recipe()).convert(materialize(ann).eval())
         correct = torch.zeros(timesteps, device=norm_batches[0].device)
         n, seconds = 0, 0.0
         for x, y in test:
@@ -66,8 +65,9 @@ def spikingjelly_curves(ann, norm_batches, test, timesteps: int) -> dict[str, tu
                 torch.cuda.synchronize(x.device)
             seconds += time.perf_counter() - t0
             n += len(y)
-        out[label] = ((correct.cpu() / n).tolist(), seconds / timesteps)
-    return out
+        return (correct.cpu() / n).tolist(), seconds / timesteps
+
+    return {label: (lambda recipe=recipe: simulate(recipe)) for label, recipe in recipes.items()}
 
 
 def main() -> None:
@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--presim", type=int, default=4, help="SRP's uncounted steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", default=None, help="ANN names to run, e.g. 'FP QCFS'")
+    ap.add_argument("--overwrite", action="store_true", help="retrain ANNs already trained in --out")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/conversion"))
     a = ap.parse_args()
@@ -102,32 +103,53 @@ def main() -> None:
             if act == "qcfs":
                 init_thresholds(ann, norm[0])
             cfg = TrainConfig(epochs=a.epochs, optimizer="adam", lr=1e-3, weight_decay=0, progress=False, seed=a.seed)
-            t0 = time.perf_counter()
-            run = Run(name.replace(" ", "_"), a.out, quiet=True, overwrite=True)
+            # a finished or interrupted ANN of the same settings is continued, not retrained (--overwrite retrains)
+            config = {"ann": name, "epochs": a.epochs, "width": a.width, "levels": a.levels, "seed": a.seed,
+                      "eval_size": a.eval_size, "norm": a.norm, "optimizer": "adam", "lr": 1e-3}
+            path = a.out / name.replace(" ", "_")
+            run = Run(path.name, a.out, quiet=True, config=config, resume=holds_run(path) and not a.overwrite,
+                      overwrite=a.overwrite)
             summary = Trainer(ann, train, test, cfg, run).fit()
             best = torch.load(run.path / "checkpoints/best.pt", weights_only=True, map_location=device)
             ann.load_state_dict(best["model"])
             best_epoch = max(range(len(summary["history"])), key=lambda i: summary["history"][i]["test_acc"] or -1) + 1
-            trained[name] = {"best_epoch": best_epoch, "epochs": a.epochs, "train_seconds": time.perf_counter() - t0}
+            trained[name] = {"best_epoch": best_epoch, "epochs": a.epochs,
+                             "train_seconds": sum(h["seconds"] for h in summary["history"])}
             ann.eval()
             _, ann_acc[name] = evaluate(ann, test)
             print(f"{name}: ANN {100 * ann_acc[name]:.2f}% (best epoch {best_epoch}/{a.epochs}, "
                   f"{trained[name]['train_seconds']:.0f}s)", flush=True)
-            for method in METHODS[act]:
+            # each curve is kept in the ANN's run folder with the settings it was measured with, so an interrupted
+            # benchmark (or one split over processes with --only) redoes nothing and a final run assembles the table
+            cache_file = run.file("conversions.json")
+            cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+            settings = {"timesteps": a.timesteps, "presim": a.presim, "device": device.type}
+
+            def measured(label: str, simulate) -> None:
+                if cache.get(label, {}).get("settings") != settings:
+                    acc, secs = simulate()
+                    cache[label] = {"settings": settings, "accuracy": acc, "seconds_per_timestep": secs}
+                    run.save_json("conversions.json", cache)
+                curves[label], per_step[label] = cache[label]["accuracy"], cache[label]["seconds_per_timestep"]
+                rows.append((label, name))
+                print(f"  {label}: " + " ".join(f"T{t}={100 * curves[label][t - 1]:.1f}" for t in REPORT_T
+                                                if t <= a.timesteps), flush=True)
+
+            def ours(method: str):
                 snn, _ = convert(copy.deepcopy(ann), norm, ConvertConfig(percentile=99.9, method=method, presim=a.presim))
                 res = evaluate_snn(snn, test, a.timesteps, one_step=True, progress=False)
-                label = f"{name} -> ours, {method}" + (f" (+{a.presim} uncounted steps)" if method == "srp" else "")
-                curves[label], per_step[label] = res["accuracy"], res["seconds_per_timestep"]
-                rows.append((label, name))
-                print(f"  {label}: " + " ".join(f"T{t}={100 * res['accuracy'][t - 1]:.1f}" for t in REPORT_T
-                                                if t <= a.timesteps), flush=True)
+                return res["accuracy"], res["seconds_per_timestep"]
+
+            for method in METHODS[act]:
+                measured(f"{name} -> ours, {method}" + (f" (+{a.presim} uncounted steps)" if method == "srp" else ""),
+                         lambda: ours(method))
             if act == "relu":
-                for label, (acc, secs) in spikingjelly_curves(ann, norm, test, a.timesteps).items():
-                    label = f"{name} -> {label}"
-                    curves[label], per_step[label] = acc, secs
-                    rows.append((label, name))
-                    print(f"  {label}: " + " ".join(f"T{t}={100 * acc[t - 1]:.1f}" for t in REPORT_T if t <= a.timesteps),
-                          flush=True)
+                for label, simulate in spikingjelly_curves(ann, norm, test, a.timesteps).items():
+                    try:
+                        measured(f"{name} -> {label}", simulate)
+                    except Exception as e:  # a recipe that does not run on this network is reported, not fatal
+                        print(f"  {label}: did not run ({type(e).__name__}: {str(e)[:120]})", flush=True)
+            run.close()
     ts = [t for t in REPORT_T if t <= a.timesteps]
     lines = ["| ANN -> SNN | ANN | " + " | ".join(f"T={t}" for t in ts) + " | gap at T=4 / 8 | ms / step |",
              "|---|---|" + "---|" * len(ts) + "---|---|"]

@@ -3,13 +3,15 @@ in bf16 and uint8), so a scorer could run them in bf16 or int8 if the hardware d
 Times one 3x3 convolution at SNASNet scoring shapes (batch 256, channels-last) in fp32 (oneDNN), bf16 and int8
 (fbgemm u8s8), and prints the CPU's relevant ISA flags (avx512_bf16, avx512_vnni, amx, avx2).
 
-    python benchmarks/precision_conv.py
+    python benchmarks/precision_conv.py --out runs/bench/precision_conv
 """
 from __future__ import annotations
 
+import argparse
 import platform
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +26,9 @@ def timed(fn, repeats: int = 5) -> float:
 
 
 def main() -> None:
-    torch.set_num_threads(torch.get_num_threads())
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench/precision_conv"))
+    a = ap.parse_args()
     try:
         flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
     except (OSError, StopIteration):
@@ -47,6 +51,8 @@ def main() -> None:
         lines.append(f"| {c} channels, {size}x{size} | {1e3 * fp:.1f} | {1e3 * bf:.1f} ({fp / bf:.2f}x) | {1e3 * q:.1f} ({fp / q:.2f}x) |")
     table = "\n".join(lines) + (f"\n\nCPU flags: {', '.join(isa) or 'none of those'}; {torch.get_num_threads()} threads, "
                                 f"{platform.machine()}, torch {torch.__version__}, quantized engine {torch.backends.quantized.engine}.")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "table.md").write_text(table + "\n")
     print(table)
 
 

@@ -253,6 +253,23 @@ def test_score_dropout_and_official_switches():
     assert score_model(net, xs, ScoreConfig(dropout=True)) != pytest.approx(score_model(net, xs, ScoreConfig()))
 
 
+def test_named_scores_set_the_kernel_and_the_aggregate():
+    from spikesearch.cli import build_parser
+    from spikesearch.snasnet.command import fill_recipe, score_config
+
+    def resolved(*flags: str) -> ScoreConfig:
+        a = build_parser().parse_args(["snasnet", *flags])
+        fill_recipe(a)
+        return score_config(a)
+
+    assert resolved() == ScoreConfig()  # the default is the official SAHD
+    assert (resolved("--score", "sahd-sum").normalise, resolved("--score", "sahd-sum").aggregate) == ("rate", "sum")
+    assert (resolved("--score", "naswot").normalise, resolved("--score", "naswot").aggregate) == ("none", "sum")
+    assert resolved("--score", "naswot", "--score_norm", "rate").normalise == "rate"  # an explicit flag refines it
+    with pytest.raises(SystemExit):
+        resolved("--score", "synflow")
+
+
 def test_scheduler_step_is_the_official_step_schedule():
     from argparse import Namespace
 

@@ -3,6 +3,7 @@ accuracies, and NAS strategies simulated on its table."""
 from __future__ import annotations
 
 import argparse
+import textwrap
 import time
 from pathlib import Path
 
@@ -143,18 +144,25 @@ def plot_proxies(result: dict, path: Path, title: str) -> Path:
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    # the y axis spans the trained cells only (a 10 % point would squash 80-90 % into a line); the collapsed
+    # cells are drawn on the bottom edge, where they are in rank terms
+    lo, hi = (acc[~collapsed].min(), acc[~collapsed].max()) if (~collapsed).any() else (0.0, 100.0)
+    pad = 0.04 * max(hi - lo, 1.0)
     for ax, name in zip(axes.flat, names):
         x = np.array(result["table"][name])
         s = result["summary"][name]["all"]
         ax.scatter(x[~collapsed], acc[~collapsed], s=8, alpha=0.6, label="trained")
-        ax.scatter(x[collapsed], acc[collapsed], s=8, alpha=0.6, color="tab:red", label="no path to the output")
-        ax.set_title(f"{name[:38]}\ntau {s['kendall']:.3f}, Spearman {s['spearman']:.3f}", fontsize=8)
+        ax.scatter(x[collapsed], np.full(collapsed.sum(), lo - pad), s=14, marker="v", color="tab:red",
+                   label="no path to the output (10 %)")
+        ax.set_ylim(lo - 2 * pad, hi + pad)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+        ax.set_title(f"{name[:44]}\ntau {s['kendall']:.3f}, Spearman {s['spearman']:.3f}", fontsize=8)
         ax.set_xlabel("proxy")
         ax.set_ylabel("test accuracy (%)")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(title[:160], fontsize=8)
+    fig.suptitle(textwrap.fill(title, 150), fontsize=8)
     return _save(fig, path)
 
 

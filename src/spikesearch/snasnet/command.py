@@ -38,8 +38,15 @@ SHORT_RECIPES = {
 }
 
 
+# named scores (docs/proxies.md measures them on SpikeNAS-Bench); --score_norm / --score_aggregate refine one
+SCORES = {"sahd": {"score_norm": "rate", "score_aggregate": "mean"},      # the official code
+          "sahd-sum": {"score_norm": "rate", "score_aggregate": "sum"},   # the paper's formula
+          "naswot": {"score_norm": "none", "score_aggregate": "sum"}}     # plain Hamming kernel (Mellor et al.)
+
+
 def fill_recipe(a: argparse.Namespace) -> None:
-    for k, v in SHORT_RECIPES.get(a.dataset, PAPER_RECIPE).items():
+    """Fill the settings left to the dataset's recipe and the named score."""
+    for k, v in (*SHORT_RECIPES.get(a.dataset, PAPER_RECIPE).items(), *SCORES[a.score].items()):
         if getattr(a, k) is None:
             setattr(a, k, v)
 
@@ -184,8 +191,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--strategy", default="random", choices=["random", "evolution"])
     s.add_argument("--score_batch", type=arg.positive_int, default=64, help="images per scoring batch (official: 256)")
     s.add_argument("--score_repeats", type=arg.positive_int, default=2)
-    s.add_argument("--score_aggregate", default="mean", choices=["mean", "sum"], help="mean: official code; sum: paper")
-    s.add_argument("--score_norm", default="rate", choices=["rate", "january", "none"], help="none = plain Hamming (NASWOT)")
+    s.add_argument("--score", default="sahd", choices=list(SCORES),
+                   help="sahd: SAHD as the official code (default); sahd-sum: the paper's sum over LIF layers; naswot: "
+                        "plain Hamming kernel. Measured on SpikeNAS-Bench in docs/proxies.md")
+    s.add_argument("--score_aggregate", default=None, choices=["mean", "sum"],
+                   help="over LIF layers; default from --score (mean: official code; sum: paper)")
+    s.add_argument("--score_norm", default=None, choices=["rate", "january", "none"],
+                   help="default from --score (rate: official; none = plain Hamming, NASWOT)")
     s.add_argument("--score_alpha", type=arg.nonneg_float, default=0.5)
     s.add_argument("--score_augment", action="store_true", help="score on augmented batches (official behaviour)")
     s.add_argument("--score_dropout", default=None, choices=["on", "off"],
