@@ -89,23 +89,37 @@ def plot_spike_report(report: dict, path: Path, title: str = "") -> Path:
 
 def plot_accuracy_vs_timestep(curves: dict[str, Sequence[float]], path: Path, ann: dict[str, float] | None = None,
                               title: str = "") -> Path:
-    """SNN accuracy after each timestep (log-x), with the source ANNs' accuracy as dashed lines. A curve
-    whose label starts with an ANN's name takes that ANN's colour; a second curve of the same ANN is dotted."""
+    """SNN accuracy after each timestep (log-x). A curve whose label starts with an ANN's name ("FP ReLU ->
+    ours, signed") goes to that ANN's panel, with the ANN's accuracy dashed; the rest of its label names the
+    method, which keeps one colour in every panel."""
     ann = ann or {}
+
+    def owner(label: str) -> str:
+        return next((n for n in ann if label.startswith(n)), "")
+
+    def method(label: str) -> str:
+        return label[len(owner(label)):].lstrip(" ->") or label
+
+    panels: dict[str, dict[str, Sequence[float]]] = {}
+    for label, acc in curves.items():
+        panels.setdefault(owner(label), {})[label] = acc
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    color = {name: palette[i % len(palette)] for i, name in enumerate(ann)}
-    fig, ax = plt.subplots(figsize=(10, 4.6))
-    used: dict[str, int] = {}
-    for i, (label, acc) in enumerate(curves.items()):
-        owner = next((n for n in ann if label.startswith(n)), label)
-        c = color.setdefault(owner, palette[(len(color)) % len(palette)])
-        style = ["-", ":", "-."][used.get(owner, 0) % 3]
-        used[owner] = used.get(owner, 0) + 1
-        ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], color=c, ls=style, lw=2.2, label=label)
-    for name, acc in ann.items():
-        ax.axhline(100 * acc, color=color[name], ls="--", lw=1, alpha=0.8, label=f"{name} ANN ({100 * acc:.2f}%)")
-    ax.set_xscale("log", base=2)
-    ax.set(xlabel="timestep T", ylabel="test accuracy (%)", title=title or "accuracy vs timesteps")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    color = {m: palette[i % len(palette)] for i, m in enumerate(dict.fromkeys(map(method, curves)))}
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.2 * rows), squeeze=False, sharey=True)
+    for ax, (name, group) in zip(axes.flat, panels.items()):
+        for label, acc in group.items():
+            ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], color=color[method(label)], lw=2, label=method(label))
+        for ann_name, acc in ann.items():
+            if ann_name == name or (not name and len(ann) == 1):
+                ax.axhline(100 * acc, color="k", ls="--", lw=1, label=f"ANN ({100 * acc:.2f}%)")
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="timestep T", ylabel="test accuracy (%)", title=name or title or "accuracy vs timesteps")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="best")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    if title and len(panels) > 1:
+        fig.suptitle(title)
     return _save(fig, path)
