@@ -317,21 +317,27 @@ def _session_members(sid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_search_workers_die_with_their_parent(tmp_path, sig):
-    proc = spikesearch("snasnet", "--num_search", "400", "--search_only", "--score_batch", "16", "--train_subset", "64",
+    # rows arrive one shard (an eighth of the candidates) at a time: enough candidates that the signal comes
+    # long before the search would finish on an idle machine, few enough that the first shard comes soon
+    proc = spikesearch("snasnet", "--num_search", "1200", "--search_only", "--score_batch", "16", "--train_subset", "64",
                        "--workers", "2", "--parallel", "processes", "--exp_name", "w", "--runs_dir", tmp_path, "--quiet",
                        start_new_session=True)
-    deadline = time.time() + 120
-    while not (tmp_path / "w/search.csv").is_file() or len((tmp_path / "w/search.csv").read_text().splitlines()) < 3:
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
-        time.sleep(0.1)
-    assert len(_session_members(proc.pid)) >= 3  # the parent and its workers
-    proc.send_signal(sig)
-    assert proc.wait(timeout=60) == (143 if sig == signal.SIGTERM else 130)
-    assert "--resume" in proc.stderr.read()
-    deadline = time.time() + 20
-    while _session_members(proc.pid):
-        assert time.time() < deadline, f"left running: {_session_members(proc.pid)}"
-        time.sleep(0.2)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "w/search.csv").is_file() or len((tmp_path / "w/search.csv").read_text().splitlines()) < 3:
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
+            time.sleep(0.1)
+        assert len(_session_members(proc.pid)) >= 3  # the parent and its workers
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == (143 if sig == signal.SIGTERM else 130)
+        assert "--resume" in proc.stderr.read()
+        deadline = time.time() + 20
+        while _session_members(proc.pid):
+            assert time.time() < deadline, f"left running: {_session_members(proc.pid)}"
+            time.sleep(0.2)
+    finally:  # a failed assertion must not leave the search and its workers running
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 # --- 13. messages --------------------------------------------------------------------------------------------------
