@@ -24,21 +24,22 @@ TITLES = {"search_throughput": "P1: search throughput", "training_step": "P2: tr
 
 
 def benchmarks(quick: bool) -> dict[str, list[list[str]]]:
+    out = OUT / "quick" if quick else OUT  # kept apart: conversion.py reuses what its --out already holds
     steps = "5" if quick else "20"
     candidates = "6" if quick else "30"
     conversion = ["benchmarks/conversion.py"] + (["--epochs", "1", "--timesteps", "16", "--eval_size", "200", "--norm", "200"]
                                                  if quick else [])
     runs = {"search_throughput": [["benchmarks/search_throughput.py", "--candidates", candidates, "--batch", "256",
-                                   "--out", str(OUT / "search_throughput")]],
-            "training_step": [["benchmarks/training_step.py", "--steps", steps, "--out", str(OUT / "training_step_cpu")]],
-            "conversion": [conversion + ["--out", str(OUT / "conversion")]],
-            "precision": [["benchmarks/precision_conv.py", "--out", str(OUT / "precision_conv")]]}
+                                   "--out", str(out / "search_throughput")]],
+            "training_step": [["benchmarks/training_step.py", "--steps", steps, "--out", str(out / "training_step_cpu")]],
+            "conversion": [conversion + ["--out", str(out / "conversion")]],
+            "precision": [["benchmarks/precision_conv.py", "--out", str(out / "precision_conv")]]}
     if torch.cuda.is_available():
         runs["search_throughput"].append(["benchmarks/search_throughput.py", "--candidates", candidates, "--batch", "256",
-                                          "--device", "cuda", "--out", str(OUT / "search_throughput_cuda")])
+                                          "--device", "cuda", "--out", str(out / "search_throughput_cuda")])
         runs["training_step"].append(["benchmarks/training_step.py", "--steps", steps, "--device", "cuda", "--batch", "256",
-                                      "--out", str(OUT / "training_step_cuda")])
-        runs["conversion"].append(conversion + ["--device", "cuda", "--out", str(OUT / "conversion_cuda")])
+                                      "--out", str(out / "training_step_cuda")])
+        runs["conversion"].append(conversion + ["--device", "cuda", "--out", str(out / "conversion_cuda")])
     return runs
 
 

@@ -4,10 +4,15 @@ per timestep, for full-precision and binary-weight vgg15ab.
 Trains four ANNs (full precision / binary weights x ReLU / QCFS) with the same recipe and seed, each for
 ``--epochs`` epochs with a cosine schedule, keeping the best epoch (the learning curve is in the run folders; the
 table names the best epoch, so a best epoch near the end says the ANN was still improving). Converts each with
-every method that applies (ReLU ANNs: percentile, srp, calibrate; QCFS ANNs: qcfs, srp, calibrate), and the
-ReLU ANNs with spikingjelly 2.0's ``ann2snn`` (RateCodingRecipe 99.9 %, and its LocalThresholdBalancingRecipe
-where it exists) when spikingjelly is installed (``pip install -e .[bench]``). All SNNs run one-step on the
-same test images. SRP's T counts only the simulated steps after its ``--presim`` uncounted ones (as its paper).
+every method that applies (ReLU ANNs: percentile, srp, calibrate, signed, signed-calibrate; QCFS ANNs: qcfs in
+place of percentile), and the ReLU ANNs with spikingjelly 2.0's ``ann2snn`` (RateCodingRecipe 99.9 %, and its
+LocalThresholdBalancingRecipe where it exists) when spikingjelly is installed (``pip install -e .[bench]``). All
+SNNs run one-step on the same test images. SRP's T counts only the simulated steps after its ``--presim``
+uncounted ones (as its paper).
+
+Trained ANNs and measured curves are kept in ``--out`` and reused by the next call with the same settings, so a
+run can be interrupted, or split over processes with ``--only``, and a last call assembles the table. After a
+change to the conversion code, ``--overwrite`` retrains and remeasures everything.
 
     python benchmarks/conversion.py --epochs 20 --out runs/bench/conversion
 """
