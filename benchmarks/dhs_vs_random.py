@@ -15,18 +15,9 @@ import time
 from pathlib import Path
 
 import torch
+from cli_runs import finished_run
 
 from spikesearch.cli import main as cli
-
-
-def run(args: list[str], folder: Path) -> dict:
-    """One command into ``folder`` unless it already finished there."""
-    done = folder / "results.json"
-    if not done.is_file():
-        extra = ["--resume"] if (folder / "config.json").is_file() else []
-        if cli([*args, "--runs_dir", str(folder.parent), "--name", folder.name, "--quiet", *extra]) != 0:
-            raise SystemExit(f"failed: spikesearch {' '.join(args)}")
-    return json.loads(done.read_text())
 
 
 def mean_sd(values: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:
@@ -44,7 +35,7 @@ def main() -> None:
     a = ap.parse_args()
     t0 = time.perf_counter()
     search = a.out / "search"
-    run(["dhs", "search", *a.search_args.split()], search)
+    finished_run(["dhs", "search", *a.search_args.split()], search)
     genotypes = {"searched": search / "genotype.json"}
     for s in range(a.random):
         folder = a.out / f"random{s}"
@@ -55,7 +46,7 @@ def main() -> None:
     lines = ["| genotype | path | params | test acc (%) | spikes / image | energy / image (µJ) | ANN equivalent (µJ) |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for name, g in genotypes.items():
-        results = [run(["dhs", "train", "--genotype", str(g), "--seed", str(s), "--stem_stride", "2"],
+        results = [finished_run(["dhs", "train", "--genotype", str(g), "--seed", str(s), "--stem_stride", "2"],
                        a.out / f"train_{name.replace(' ', '_')}_s{s}") for s in range(a.seeds)]
         path = json.loads(g.read_text())["path"]
         lines.append(f"| {name} | {path} | {results[0]['parameters']:,} | "

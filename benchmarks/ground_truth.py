@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cli_runs import finished_run
 
 from spikesearch.cli import build_parser
-from spikesearch.cli import main as cli
 from spikesearch.nasbench.command import evaluate_proxy
 from spikesearch.nasbench.proxies import ENSEMBLES, PROXIES, ensemble, proxies, seeded
 from spikesearch.pipeline import make_loaders
@@ -37,16 +37,6 @@ from spikesearch.snasnet.network import macro_config
 from spikesearch.snasnet.parallel import SNASNetBuilder
 from spikesearch.snasnet.space import format_cnt_mat, parse_cnt_mat, sample_matrix
 from spikesearch.stats import kendall_tau_b
-
-
-def trained(args: list[str], folder: Path) -> dict:
-    """``spikesearch snasnet ARGS`` into ``folder`` unless it already finished there."""
-    done = folder / "results.json"
-    if not done.is_file():
-        extra = ["--resume"] if (folder / "config.json").is_file() else []
-        if cli(["snasnet", *args, "--runs_dir", str(folder.parent), "--exp_name", folder.name, "--quiet", *extra]) != 0:
-            raise SystemExit(f"failed: spikesearch snasnet {' '.join(args)}")
-    return json.loads(done.read_text())
 
 
 def sample_cells(n: int, seed: int) -> list[str]:
@@ -78,8 +68,9 @@ def main() -> None:
     if a.train_subset:
         common += ["--train_subset", str(a.train_subset)]
     cells = sample_cells(a.cells, a.seed)
-    acc = np.array([[trained([*common, "--cnt_mat", *cell.split(), "--seed", str(s)],
-                             a.out / f"{cell.replace(' ', '_')}_s{s}")["test_acc"] for s in range(a.seeds)]
+    acc = np.array([[finished_run(["snasnet", *common, "--cnt_mat", *cell.split(), "--seed", str(s)],
+                                  a.out / f"{cell.replace(' ', '_')}_s{s}", "--exp_name")["test_acc"]
+                     for s in range(a.seeds)]
                     for cell in cells])
 
     # the search's own scoring setup, from the same parser and defaults

@@ -181,8 +181,7 @@ class SignedIF(IF):
 
     def single_step(self, x: Tensor) -> Tensor:
         v = self.v + x
-        s = (v >= self.v_threshold).to(x.dtype) - ((v < 0) & (self.count > 0) if isinstance(self.count, Tensor)
-                                                   else torch.zeros_like(v, dtype=torch.bool)).to(x.dtype)
+        s = (v >= self.v_threshold).to(x.dtype) - ((v < 0) & (self.count > 0)).to(x.dtype)
         self.v = v - s * self.v_threshold
         self.count = self.count + s
         return s

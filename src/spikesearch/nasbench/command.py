@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,12 @@ from ..run import CsvLog, RunRequest
 from ..stats import kendall_tau_b, spearman
 from ..trainer import pick_device, seed_everything
 from .bench import (
-    CHANCE,
+    CLASSES,
+    DATASETS,
+    EDGES,
     Record,
     cell_of,
+    id_of,
     reaches_output,
     read_bench,
     stratified_sample,
@@ -103,7 +107,6 @@ def cmd_proxies(a: argparse.Namespace) -> dict:
     seed_everything(a.seed)
     ids = stratified_sample(records, a.sample, a.seed)
     batches = [b.to(device) for b in scoring_inputs(a.inputs, a.data_dir, a.batch, a.repeats, a.seed)]
-    classes = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200}[a.dataset]
     run = request.open()
     log = CsvLog(run.file("proxies.csv"), ["id", "test_acc", *names, "seconds"])
     done = {int(r["id"]): {n: float(r[n]) for n in names} for r in log.rows}
@@ -114,7 +117,7 @@ def cmd_proxies(a: argparse.Namespace) -> dict:
             if i in done:
                 continue
             t0 = time.perf_counter()
-            net = seeded(lambda: BenchNet(cell_of(i), classes, timesteps=a.timestep, width=a.width).to(device), a.seed, str(i))
+            net = seeded(lambda: BenchNet(cell_of(i), CLASSES[a.dataset], timesteps=a.timestep, width=a.width).to(device), a.seed, str(i))
             values = proxies(net, batches, tuple(names))
             done[i] = values
             log.append([i, records[i].test_acc, *[repr(values[n]) for n in names], f"{time.perf_counter() - t0:.2f}"])
@@ -125,7 +128,7 @@ def cmd_proxies(a: argparse.Namespace) -> dict:
     lines, result = _table(ids, done, records, names)
     chance = sum(not reaches_output(cell_of(i)) for i in ids)
     head = (f"{len(ids)} SpikeNAS-Bench {a.dataset} architectures (stratified by test accuracy, seed {a.seed}; {chance} "
-            f"collapsed to chance {CHANCE[a.dataset]:g} %), proxies at initialisation on {a.inputs} inputs "
+            f"collapsed to chance {100 / CLASSES[a.dataset]:g} %), proxies at initialisation on {a.inputs} inputs "
             f"({a.repeats} x {a.batch}), network width {a.width:g}, T={a.timestep}")
     run.save_json("results.json", {"header": head, **result})
     (run.file("table.md")).write_text(head + "\n\n" + "\n".join(lines) + "\n")
@@ -166,6 +169,9 @@ def plot_proxies(result: dict, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+TABLE_PROXIES = ("params", "valacc10")  # given by the table for every cell; the others come from --scores
+
+
 def _free_proxy(name: str, records: dict[int, Record], scores: dict[int, float] | None):
     if name == "params":
         return lambda i: float(records[i].params)
@@ -187,8 +193,8 @@ def cmd_search(a: argparse.Namespace) -> dict:
     request.check()
     scores = _read_scores(Path(a.scores), a.proxy) if a.scores else None
     proxy = _free_proxy(a.proxy, records, scores)
-    space = sorted(scores) if scores is not None and a.proxy not in ("params", "valacc10", "random") else sorted(records)
-    if a.strategy == "evolution" and proxy is not None and scores is not None and a.proxy not in ("params", "valacc10"):
+    space = sorted(scores) if scores is not None and a.proxy not in (*TABLE_PROXIES, "random") else sorted(records)
+    if a.strategy == "evolution" and proxy is not None and scores is not None and a.proxy not in TABLE_PROXIES:
         raise SpikeSearchError("--strategy evolution mutates cells anywhere in the space: use a proxy the table "
                                "gives for every cell (params, valacc10) or random search over a scored sample")
     rng = np.random.default_rng(a.seed)
@@ -246,10 +252,6 @@ def _random_search(space: list[int], proxy, budget: int, rng: np.random.Generato
 def _evolution(records: dict[int, Record], proxy, budget: int, rng: np.random.Generator, population: int = 20,
                tournament: int = 5) -> list[int]:
     """Regularised (aging) evolution with the proxy as fitness: mutate one edge's op of a tournament's winner."""
-    from collections import deque
-
-    from .bench import EDGES, id_of
-
     ids = sorted(records)
     pop: deque[tuple[int, float]] = deque()
     picked, best, best_score = [], None, -np.inf
@@ -297,7 +299,7 @@ def add_arguments(p: argparse.ArgumentParser, add_common) -> None:
 
     def common(q: argparse.ArgumentParser, name: str) -> None:
         q.add_argument("--bench_dir", required=True, help="a local clone of tju-sun-lab/SpikeNAS-Bench")
-        q.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100", "tinyimagenet"])
+        q.add_argument("--dataset", default="cifar10", choices=list(DATASETS))
         q.add_argument("--seed", type=arg.seed, default=0)
         q.add_argument("--name", default=name)
         add_common(q)
