@@ -77,6 +77,14 @@ def test_proxies_and_search_commands(clone, tmp_path, capsys, monkeypatch):
 
     from spikesearch.nasbench import command
 
+    # --init_seed changes the weights alone: same sample, same inputs; its default is --seed
+    for init in ("0", "1"):
+        assert main([*argv, "--init_seed", init, "--name", f"init{init}"]) == 0
+    table = {k: json.loads((runs / k / "results.json").read_text())["table"] for k in ("nasbench-proxies", "init0", "init1")}
+    assert table["init0"] == table["nasbench-proxies"]
+    assert table["init1"]["params"] == table["init0"]["params"]
+    assert table["init1"]["sahd"] != table["init0"]["sahd"]
+
     monkeypatch.setattr(command, "proxies", lambda *a, **k: pytest.fail("a resumed run rescored an architecture"))
     assert main([*argv, "--resume"]) == 0  # every row is in the CSV: nothing is scored again
 

@@ -106,6 +106,7 @@ def cmd_proxies(a: argparse.Namespace) -> dict:
     request.check()
     seed_everything(a.seed)
     ids = stratified_sample(records, a.sample, a.seed)
+    init_seed = a.seed if a.init_seed is None else a.init_seed
     batches = [b.to(device) for b in scoring_inputs(a.inputs, a.data_dir, a.batch, a.repeats, a.seed)]
     run = request.open()
     log = CsvLog(run.file("proxies.csv"), ["id", "test_acc", *names, "seconds"])
@@ -117,7 +118,7 @@ def cmd_proxies(a: argparse.Namespace) -> dict:
             if i in done:
                 continue
             t0 = time.perf_counter()
-            net = seeded(lambda: BenchNet(cell_of(i), CLASSES[a.dataset], timesteps=a.timestep, width=a.width).to(device), a.seed, str(i))
+            net = seeded(lambda: BenchNet(cell_of(i), CLASSES[a.dataset], timesteps=a.timestep, width=a.width).to(device), init_seed, str(i))
             values = proxies(net, batches, tuple(names))
             done[i] = values
             log.append([i, records[i].test_acc, *[repr(values[n]) for n in names], f"{time.perf_counter() - t0:.2f}"])
@@ -129,7 +130,7 @@ def cmd_proxies(a: argparse.Namespace) -> dict:
     chance = sum(not reaches_output(cell_of(i)) for i in ids)
     head = (f"{len(ids)} SpikeNAS-Bench {a.dataset} architectures (stratified by test accuracy, seed {a.seed}; {chance} "
             f"collapsed to chance {100 / CLASSES[a.dataset]:g} %), proxies at initialisation on {a.inputs} inputs "
-            f"({a.repeats} x {a.batch}), network width {a.width:g}, T={a.timestep}")
+            f"({a.repeats} x {a.batch}), weight seed {init_seed}, network width {a.width:g}, T={a.timestep}")
     run.save_json("results.json", {"header": head, **result})
     (run.file("table.md")).write_text(head + "\n\n" + "\n".join(lines) + "\n")
     plot_proxies(result, run.file("proxies.png"), head)
@@ -315,6 +316,9 @@ def add_arguments(p: argparse.ArgumentParser, add_common) -> None:
     pr.add_argument("--repeats", type=arg.positive_int, default=2)
     pr.add_argument("--timestep", type=arg.positive_int, default=5)
     pr.add_argument("--width", type=arg.positive_float, default=1.0, help="channel multiplier of the bench network")
+    pr.add_argument("--init_seed", type=arg.seed, default=None,
+                    help="weights seeded from (init_seed, id); default --seed. Varies the initialisation alone: same "
+                         "sample, same inputs")
     pr.set_defaults(func=cmd_proxies)
 
     se = sub.add_parser("search", help="simulate random search or evolution with a proxy on the table", formatter_class=fmt)
