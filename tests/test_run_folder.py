@@ -133,9 +133,16 @@ def test_search_resume_after_a_torn_row_reports_it_and_matches(tmp_path, capsys)
 
 # --- 2. dhs search resumes exactly --------------------------------------------------------------------
 
+def _as_from_a_terminal() -> None:
+    # a shell's background job (`make test &`, nohup) starts with SIGINT ignored, and Python then keeps ignoring
+    # it: the CLI is run here as a user at a terminal runs it, where Ctrl-C interrupts
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spikesearch(*args, **kw):
     return subprocess.Popen([sys.executable, "-m", "spikesearch", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=_as_from_a_terminal, **kw)
 
 
 def test_dhs_search_killed_mid_epoch_resumes_to_the_same_genotype(tmp_path):
