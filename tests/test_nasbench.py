@@ -84,6 +84,8 @@ def test_proxies_and_search_commands(clone, tmp_path, capsys, monkeypatch):
     assert table["init0"] == table["nasbench-proxies"]
     assert table["init1"]["params"] == table["init0"]["params"]
     assert table["init1"]["sahd"] != table["init0"]["sahd"]
+    assert json.loads((runs / "nasbench-proxies/config.json").read_text())["init_seed"] == 0  # the default, resolved
+    assert main([*argv, "--resume", "--init_seed", "1"]) == 2  # other weights would mix into the same CSV
 
     monkeypatch.setattr(command, "proxies", lambda *a, **k: pytest.fail("a resumed run rescored an architecture"))
     assert main([*argv, "--resume"]) == 0  # every row is in the CSV: nothing is scored again

@@ -102,11 +102,12 @@ def cmd_proxies(a: argparse.Namespace) -> dict:
         raise SpikeSearchError(f"unknown proxies {unknown}; choose from {', '.join(PROXIES)}")
     records = read_bench(a.bench_dir, a.dataset)
     device = pick_device(a.device)
+    if a.init_seed is None:  # resolved before the run's config is recorded: config.json names the weight seed
+        a.init_seed = a.seed
     request = RunRequest.from_args(a, a.name, a.runs_dir)
     request.check()
     seed_everything(a.seed)
     ids = stratified_sample(records, a.sample, a.seed)
-    init_seed = a.seed if a.init_seed is None else a.init_seed
     batches = [b.to(device) for b in scoring_inputs(a.inputs, a.data_dir, a.batch, a.repeats, a.seed)]
     run = request.open()
     log = CsvLog(run.file("proxies.csv"), ["id", "test_acc", *names, "seconds"])
@@ -118,7 +119,7 @@ def cmd_proxies(a: argparse.Namespace) -> dict:
             if i in done:
                 continue
             t0 = time.perf_counter()
-            net = seeded(lambda: BenchNet(cell_of(i), CLASSES[a.dataset], timesteps=a.timestep, width=a.width).to(device), init_seed, str(i))
+            net = seeded(lambda: BenchNet(cell_of(i), CLASSES[a.dataset], timesteps=a.timestep, width=a.width).to(device), a.init_seed, str(i))
             values = proxies(net, batches, tuple(names))
             done[i] = values
             log.append([i, records[i].test_acc, *[repr(values[n]) for n in names], f"{time.perf_counter() - t0:.2f}"])
@@ -130,7 +131,7 @@ def cmd_proxies(a: argparse.Namespace) -> dict:
     chance = sum(not reaches_output(cell_of(i)) for i in ids)
     head = (f"{len(ids)} SpikeNAS-Bench {a.dataset} architectures (stratified by test accuracy, seed {a.seed}; {chance} "
             f"collapsed to chance {100 / CLASSES[a.dataset]:g} %), proxies at initialisation on {a.inputs} inputs "
-            f"({a.repeats} x {a.batch}), weight seed {init_seed}, network width {a.width:g}, T={a.timestep}")
+            f"({a.repeats} x {a.batch}), weight seed {a.init_seed}, network width {a.width:g}, T={a.timestep}")
     run.save_json("results.json", {"header": head, **result})
     (run.file("table.md")).write_text(head + "\n\n" + "\n".join(lines) + "\n")
     plot_proxies(result, run.file("proxies.png"), head)
