@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spikesearch.cli import main as cli
+from spikesearch.cli.main import main as cli
 
 
 def finished_run(args: list[str], folder: Path, name_flag: str = "--name") -> dict:

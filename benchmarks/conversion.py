@@ -31,11 +31,12 @@ import torch
 from spikesearch.convert import VGG, ConvertConfig, VGGConfig, convert, evaluate_snn
 from spikesearch.convert.converter import materialize
 from spikesearch.convert.qcfs import init_thresholds
-from spikesearch.loader import BatchLoader
-from spikesearch.pipeline import make_loaders
-from spikesearch.plots import plot_accuracy_vs_timestep
-from spikesearch.run import Run, holds_run
-from spikesearch.trainer import TrainConfig, Trainer, evaluate, seed_everything
+from spikesearch.data.loader import BatchLoader
+from spikesearch.measure.plots import plot_accuracy_vs_timestep
+from spikesearch.runs import Run, holds_run
+from spikesearch.train.pipeline import make_loaders
+from spikesearch.train.setup import seed_everything
+from spikesearch.train.trainer import TrainConfig, Trainer, evaluate
 
 REPORT_T = (1, 2, 4, 8, 16, 32)
 METHODS = {"relu": ("percentile", "srp", "calibrate", "signed", "signed-calibrate"),

@@ -17,8 +17,8 @@ import torch
 
 from spikesearch.convert import VGG, ConvertConfig, VGGConfig, convert
 from spikesearch.convert.report import layer_report
-from spikesearch.loader import BatchLoader
-from spikesearch.pipeline import make_loaders
+from spikesearch.data.loader import BatchLoader
+from spikesearch.train.pipeline import make_loaders
 
 
 def main() -> None:

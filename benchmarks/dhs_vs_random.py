@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from cli_runs import finished_run
 
-from spikesearch.cli import main as cli
+from spikesearch.cli.main import main as cli
 
 
 def mean_sd(values: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:

@@ -30,15 +30,15 @@ import numpy as np
 import torch
 from cli_runs import finished_run
 
-from spikesearch.cli import build_parser
-from spikesearch.nasbench.command import evaluate_proxy, finite
+from spikesearch.cli.main import build_parser
+from spikesearch.cli.nasbench import evaluate_proxy, finite
+from spikesearch.cli.snasnet import fill_recipe, score_config, scoring_batches
+from spikesearch.measure.stats import kendall_tau_b
 from spikesearch.nasbench.proxies import ENSEMBLES, PROXIES, ensemble, proxies, seeded
-from spikesearch.pipeline import make_loaders
-from spikesearch.snasnet.command import fill_recipe, score_config, scoring_batches
 from spikesearch.snasnet.network import macro_config
 from spikesearch.snasnet.parallel import SNASNetBuilder
 from spikesearch.snasnet.space import format_cnt_mat, parse_cnt_mat, sample_matrix
-from spikesearch.stats import kendall_tau_b
+from spikesearch.train.pipeline import make_loaders
 
 
 def sample_cells(n: int, seed: int) -> list[str]:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spikesearch.cli import main as cli
-from spikesearch.plots import _save, plt
+from spikesearch.cli.main import main as cli
+from spikesearch.measure.plots import _save, plt
 
 SCORED = ("sahd", "sahd-sum", "naswot", "sahd-last", "firing")
 TABLE = ("params", "valacc10")

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from spikesearch import SpikingCNN, TrainConfig, Trainer
+from spikesearch.core.neurons import reset
 from spikesearch.export import DT, from_nir, to_nir
-from spikesearch.neurons import reset
-from spikesearch.pipeline import make_loaders
-from spikesearch.run import Run
-from spikesearch.trainer import seed_everything
+from spikesearch.runs import Run
+from spikesearch.train.pipeline import make_loaders
+from spikesearch.train.setup import seed_everything
 
 
 def snntorch_steps(graph, x: torch.Tensor, timesteps: int, fix_flatten: bool) -> torch.Tensor:

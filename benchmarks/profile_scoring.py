@@ -13,9 +13,9 @@ from typing import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from spikesearch.datasets import load_dataset
-from spikesearch.loader import Augment
-from spikesearch.neurons import reset
+from spikesearch.core.neurons import reset
+from spikesearch.data.datasets import load_dataset
+from spikesearch.data.loader import Augment
 from spikesearch.snasnet.network import macro_config
 from spikesearch.snasnet.parallel import SNASNetBuilder
 from spikesearch.snasnet.score import (

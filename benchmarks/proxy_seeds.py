@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from cli_runs import finished_run
 
-from spikesearch.nasbench.command import INPUTS, evaluate_proxy, finite
+from spikesearch.cli.nasbench import INPUTS, evaluate_proxy, finite
+from spikesearch.measure.stats import kendall_tau_b, ranks
 from spikesearch.nasbench.proxies import ENSEMBLES, PROXIES
-from spikesearch.stats import kendall_tau_b, ranks
 
 
 def main() -> None:

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spikesearch.datasets import load_dataset
-from spikesearch.loader import Augment
+from spikesearch.data.datasets import load_dataset
+from spikesearch.data.loader import Augment
+from spikesearch.measure.stats import kendall_tau_b, spearman, top_k_overlap
 from spikesearch.snasnet.network import macro_config
 from spikesearch.snasnet.parallel import SNASNetBuilder
 from spikesearch.snasnet.score import ScoreConfig
 from spikesearch.snasnet.search import SearchConfig, draw_random, score_candidate
 from spikesearch.snasnet.space import format_cnt_mat, parse_cnt_mat
-from spikesearch.stats import kendall_tau_b, spearman, top_k_overlap
 
 OFFICIAL = ScoreConfig(dropout=True, reset=False, kernel_dtype="float32")
 VARIANTS = {

@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from spikesearch.datasets import load_dataset
-from spikesearch.loader import Augment
-from spikesearch.neurons import BaseNode, TimeSharedDropout
+from spikesearch.core.neurons import BaseNode, TimeSharedDropout
+from spikesearch.data.datasets import load_dataset
+from spikesearch.data.loader import Augment
+from spikesearch.measure.stats import spearman
 from spikesearch.snasnet.network import SNASNet, macro_config
 from spikesearch.snasnet.parallel import SNASNetBuilder, WorkerPool
 from spikesearch.snasnet.score import ScoreConfig
@@ -50,7 +51,6 @@ from spikesearch.snasnet.search import (
     score_candidate,
 )
 from spikesearch.snasnet.space import NUM_NODES, format_cnt_mat, parse_cnt_mat
-from spikesearch.stats import spearman
 
 FORWARD_EDGES = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
 BACKWARD_EDGES = [(1, 0), (2, 0), (3, 0), (2, 1), (3, 1), (3, 2)]

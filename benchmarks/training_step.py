@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from spikesearch.neurons import LIF, SeqToANN, reset
+from spikesearch.core.neurons import LIF, SeqToANN, reset
 
 T, TAU = 5, 2.0
 

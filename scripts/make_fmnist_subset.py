@@ -1,7 +1,7 @@
 """Cut the bundled stratified Fashion-MNIST subset from Debian's ``dataset-fashion-mnist``.
 
     apt-get install -y dataset-fashion-mnist
-    python scripts/make_fmnist_subset.py            # writes src/spikesearch/data/fashion_mnist_small.npz
+    python scripts/make_fmnist_subset.py            # writes src/spikesearch/data/bundled/fashion_mnist_small.npz
 
 Takes the first ``--train-per-class`` / ``--test-per-class`` images of every class after a seeded
 shuffle, so the subset is balanced and reproducible.
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from spikesearch.datasets import read_idx
+from spikesearch.data.datasets import read_idx
 
 SRC = Path("/usr/share/datasets/fashion-mnist")
-DST = Path(__file__).resolve().parents[1] / "src/spikesearch/data/fashion_mnist_small.npz"
+DST = Path(__file__).resolve().parents[1] / "src/spikesearch/data/bundled/fashion_mnist_small.npz"
 
 
 def stratified(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from spikesearch import SpikeSearchError, TrainConfig, Trainer
-from spikesearch.cli import main
+from spikesearch.cli.main import main
 from spikesearch.convert import (
     QCFS,
     VGG,
@@ -22,10 +22,11 @@ from spikesearch.convert import (
     init_thresholds,
 )
 from spikesearch.convert.converter import percentile_thresholds, split_stages
-from spikesearch.loader import BatchLoader
-from spikesearch.pipeline import make_loaders
-from spikesearch.run import Run
-from spikesearch.trainer import evaluate, seed_everything
+from spikesearch.data.loader import BatchLoader
+from spikesearch.runs import Run
+from spikesearch.train.pipeline import make_loaders
+from spikesearch.train.setup import seed_everything
+from spikesearch.train.trainer import evaluate
 
 
 def small_net(act=nn.ReLU, bn=False):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from spikesearch import Augment, BatchLoader, SpikeSearchError, load_dataset
-from spikesearch.datasets import read_idx
+from spikesearch.data.datasets import read_idx
 
 
 def test_bundled_subset_is_stratified_uint8():

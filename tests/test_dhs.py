@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from spikesearch import SpikeSearchError
-from spikesearch.cli import main
+from spikesearch.cli.main import main
+from spikesearch.core.neurons import reset
+from spikesearch.core.surrogate import SURROGATES
 from spikesearch.dhs.genotype import (
     PAPER_CELL,
     PAPER_PATH_8,
@@ -23,8 +25,6 @@ from spikesearch.dhs.network import DHSConfig, DHSNet, default_path
 from spikesearch.dhs.nodes import DGSSurrogate, NeuronChoice, NodeMix
 from spikesearch.dhs.ops import MixedOp, dhs_lif
 from spikesearch.dhs.search import derive, dgs_step
-from spikesearch.neurons import reset
-from spikesearch.surrogate import SURROGATES
 
 OPS = ("skip", "conv3x3", "conv1x1", "avgpool")
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from spikesearch import SpikeSearchError, load_dataset
-from spikesearch.cli import main
-from spikesearch.events import (
+from spikesearch.cli.main import main
+from spikesearch.data.events import (
     Events,
     read_aedat2,
     read_aedat3,
@@ -136,7 +136,7 @@ def test_dvsgesture_layout_labels_and_split(tmp_path):
 
 
 def test_cifar10dvs_split_and_converted_net_accepts_frames(tmp_path, capsys):
-    from spikesearch.events import CIFAR10_CLASSES
+    from spikesearch.data.events import CIFAR10_CLASSES
 
     rng = np.random.default_rng(1)
     for name in CIFAR10_CLASSES:
@@ -169,7 +169,7 @@ def test_event_dataset_errors(tmp_path):
 
 
 def test_time_major_batches_from_the_loader(tmp_path):
-    from spikesearch.pipeline import make_loaders
+    from spikesearch.train.pipeline import make_loaders
 
     write_nmnist_tree(tmp_path / "nm", per_class=1)
     train, _, _ = make_loaders("nmnist", str(tmp_path / "nm"), 4, torch.device("cpu"), 0, frames=3)

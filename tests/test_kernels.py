@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from spikesearch import kernels
-from spikesearch.batchnorm import BatchNorm2d
+from spikesearch.core import kernels
+from spikesearch.core.batchnorm import BatchNorm2d
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spikesearch.metrics import E_AC_PJ, E_MAC_PJ, SpikeCounter
-from spikesearch.neurons import IF, SeqToANN
+from spikesearch.core.neurons import IF, SeqToANN
+from spikesearch.measure.spikes import E_AC_PJ, E_MAC_PJ, SpikeCounter
 from spikesearch.snasnet import SNASNet, parse_cnt_mat
 
 

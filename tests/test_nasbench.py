@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spikesearch import SpikeSearchError
-from spikesearch.cli import main
+from spikesearch.cli.main import main
 from spikesearch.nasbench import bench
 from spikesearch.nasbench.bench import cell_of, id_of, parse_log, reaches_output
 from spikesearch.nasbench.network import BenchNet
@@ -75,7 +75,7 @@ def test_proxies_and_search_commands(clone, tmp_path, capsys, monkeypatch):
     assert len((runs / "nasbench-proxies/proxies.csv").read_text().splitlines()) == 9
     assert (runs / "nasbench-proxies/proxies.png").is_file()
 
-    from spikesearch.nasbench import command
+    from spikesearch.cli import nasbench as command
 
     # --init_seed changes the weights alone: same sample, same inputs; its default is --seed
     for init in ("0", "1"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from spikesearch import IF, LIF, PLIF, SpikeSearchError, reset
-from spikesearch.neurons import TimeSharedDropout
+from spikesearch.core.neurons import TimeSharedDropout
 
 
 def run(neuron, xs):
@@ -139,7 +139,7 @@ def _kernel_device(device: str) -> torch.device:
     GPU or Triton: the CUDA cases run on a GPU machine, never in CI)."""
     import shutil
 
-    from spikesearch import kernels, triton_lif
+    from spikesearch.core import kernels, triton_lif
 
     if device == "cuda" and not (torch.cuda.is_available() and triton_lif.available()):
         pytest.skip("no CUDA device with Triton")
@@ -154,7 +154,7 @@ def _kernel_device(device: str) -> torch.device:
 def test_compiled_kernel_matches_the_torch_ops(make, device, monkeypatch):
     """float32 on the CPU takes the compiled C pass (wherever a C compiler exists, as on CI), on CUDA the
     Triton one; each agrees with the torch-op fused path and the step loop on spikes, state and input gradient."""
-    from spikesearch import kernels
+    from spikesearch.core import kernels
 
     dev = _kernel_device(device)
     x = (torch.randn(6, 4, 300, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.4).to(dev)
@@ -179,7 +179,7 @@ def test_compiled_kernel_matches_the_torch_ops(make, device, monkeypatch):
 def test_compiled_single_step_without_autograd_matches_the_torch_ops(make, monkeypatch):
     """Scoring, evaluation and conversion step neurons under no_grad on the CPU: the compiled step gives the
     same spikes and membranes as the autograd-capable torch ops."""
-    from spikesearch import kernels
+    from spikesearch.core import kernels
 
     _kernel_device("cpu")
     x = torch.randn(6, 4, 300, generator=torch.Generator().manual_seed(2)) * 0.8 + 0.4

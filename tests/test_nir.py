@@ -9,14 +9,14 @@ import torch.nn.functional as F
 nir = pytest.importorskip("nir")
 
 from spikesearch import SpikeSearchError, load_dataset  # noqa: E402
-from spikesearch.cli import main  # noqa: E402
+from spikesearch.cli.main import main  # noqa: E402
 from spikesearch.convert import VGG, ConvertConfig, VGGConfig, convert  # noqa: E402
+from spikesearch.core.neurons import reset  # noqa: E402
+from spikesearch.data.loader import Augment  # noqa: E402
 from spikesearch.dhs.genotype import Genotype  # noqa: E402
 from spikesearch.dhs.network import DHSConfig, DHSNet  # noqa: E402
 from spikesearch.dhs.nodes import NeuronChoice  # noqa: E402
 from spikesearch.export import DT, from_nir, to_nir  # noqa: E402
-from spikesearch.loader import Augment  # noqa: E402
-from spikesearch.neurons import reset  # noqa: E402
 from spikesearch.snasnet import SNASNet, parse_cnt_mat  # noqa: E402
 
 

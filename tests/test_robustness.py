@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from spikesearch import run as run_module
-from spikesearch.cli import main
+from spikesearch import runs as run_module
+from spikesearch.cli.main import main
 from spikesearch.convert.vgg import VGG, VGGConfig
-from spikesearch.trainer import load_checkpoint
+from spikesearch.train.checkpoint import load_checkpoint
 
 TRAIN = ["--epochs", "3", "--train_subset", "1536", "--test_subset", "128", "--widths", "8", "16", "--threads", "1",
          "--quiet", "--seed", "5"]

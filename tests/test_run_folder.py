@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikesearch import run as run_module
-from spikesearch.cli import main
-from spikesearch.errors import SpikeSearchError
-from spikesearch.run import CsvLog, Run
+from spikesearch import runs as run_module
+from spikesearch.cli.main import main
+from spikesearch.core.errors import SpikeSearchError
+from spikesearch.runs import CsvLog, Run
 
 TRAIN = ["train", "--epochs", "1", "--train_subset", "128", "--test_subset", "64", "--widths", "8", "16", "--quiet"]
 SEARCH = ["snasnet", "--num_search", "12", "--search_only", "--score_batch", "16", "--train_subset", "64",
@@ -280,13 +280,13 @@ def test_train_ann_finishes_after_a_failed_best_checkpoint_write(tmp_path, capsy
             raise SpikeSearchError(f"cannot write {path}: No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr("spikesearch.trainer.atomic_write_bytes", best_fails_once)
+    monkeypatch.setattr("spikesearch.train.trainer.atomic_write_bytes", best_fails_once)
     argv = ["train-ann", "--job-dir", tmp_path / "ann", "--epochs", "2", "--train_subset", "128", "--test_subset", "64",
             "--quiet"]
     code, err = cli(capsys, *argv)
     assert code == 2 and "No space left" in err[0]
     assert not (tmp_path / "ann/checkpoints/last.pt").exists()  # last.pt never claims a best.pt that is missing
-    monkeypatch.setattr("spikesearch.trainer.atomic_write_bytes", real)
+    monkeypatch.setattr("spikesearch.train.trainer.atomic_write_bytes", real)
     assert cli(capsys, *argv, "--resume")[0] == 0
     assert (tmp_path / "ann/model.pt").is_file()
 
@@ -357,7 +357,7 @@ def test_convert_interrupted_does_not_suggest_resume(tmp_path, capsys, monkeypat
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("spikesearch.convert.command.evaluate_snn", interrupted)
+    monkeypatch.setattr("spikesearch.cli.convert.evaluate_snn", interrupted)
     code, err = cli(capsys, "convert", "--job-dir", tmp_path / "snn", "--model", ann / "model.pt", "--time", "2",
                     "--norm", "32", "--quiet")
     assert code == 130 and "--resume" not in err[0] and "--overwrite" in err[0], err

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from spikesearch import SpikeSearchError
-from spikesearch.cli import main
-from spikesearch.pipeline import make_loaders
-from spikesearch.snasnet.command import scoring_batches
+from spikesearch.cli.main import main
+from spikesearch.cli.snasnet import scoring_batches
 from spikesearch.snasnet.network import macro_config
 from spikesearch.snasnet.parallel import SNASNetBuilder, WorkerPool
 from spikesearch.snasnet.score import ScoreConfig
 from spikesearch.snasnet.search import SearchConfig, ranking, run_search
+from spikesearch.train.pipeline import make_loaders
 
 
 @pytest.fixture(scope="module")

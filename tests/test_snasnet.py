@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from spikesearch import SpikeSearchError
-from spikesearch.cli import main
-from spikesearch.neurons import LIF, reset
+from spikesearch.cli.main import main
+from spikesearch.core.neurons import LIF, reset
 from spikesearch.snasnet import (
     PUBLISHED,
     ScoreConfig,
@@ -236,7 +236,7 @@ def test_official_score_is_the_official_hook_arithmetic():
 def test_score_dropout_and_official_switches():
     from argparse import Namespace
 
-    from spikesearch.snasnet.command import score_config
+    from spikesearch.cli.snasnet import score_config
 
     base = dict(score_alpha=0.5, score_norm="rate", score_aggregate="mean", score_batch=64, score_repeats=2,
                 score_augment=False)
@@ -254,8 +254,8 @@ def test_score_dropout_and_official_switches():
 
 
 def test_named_scores_set_the_kernel_and_the_aggregate():
-    from spikesearch.cli import build_parser
-    from spikesearch.snasnet.command import fill_recipe, score_config
+    from spikesearch.cli.main import build_parser
+    from spikesearch.cli.snasnet import fill_recipe, score_config
 
     def resolved(*flags: str) -> ScoreConfig:
         a = build_parser().parse_args(["snasnet", *flags])
@@ -273,8 +273,8 @@ def test_named_scores_set_the_kernel_and_the_aggregate():
 def test_scheduler_step_is_the_official_step_schedule():
     from argparse import Namespace
 
-    from spikesearch.snasnet.command import train_config
-    from spikesearch.trainer import OPTIMIZERS, SCHEDULERS
+    from spikesearch.cli.snasnet import train_config
+    from spikesearch.train.trainer import OPTIMIZERS, SCHEDULERS
 
     a = Namespace(epochs=300, batch_size=32, optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
                   scheduler="step", seed=0, val_interval=20, quiet=True)
@@ -328,7 +328,7 @@ def official_state_dict(mat, macro, celltype="backward", seed=0):
 @pytest.mark.parametrize("name,dataset,pool,tensors", [("cifar100_bw", "cifar100", 2, 85), ("cifar10_bw", "cifar10", 4, 97)])
 def test_official_checkpoints_load(name, dataset, pool, tensors):
     from spikesearch.snasnet.checkpoint import state_of
-    from spikesearch.trainer import load_model_weights
+    from spikesearch.train.checkpoint import load_model_weights
 
     mat, macro = parse_cnt_mat(name), macro_config(dataset, second_avgpooling=pool)
     official = official_state_dict(mat, macro)
@@ -346,7 +346,7 @@ def test_cpu_scoring_kernels_match_torch_ops_and_ignore_the_thread_count(monkeyp
     """CPU scoring runs channels-last with the popcount Gram, fixed-order BatchNorm statistics and the compiled
     LIF step: the score equals the torch-ops path to float rounding, is the same number for one or two
     threads (the search promises serial == parallel), and leaves the model's parameters contiguous."""
-    from spikesearch import kernels
+    from spikesearch.core import kernels
 
     if kernels.library() is None:
         pytest.skip("no C compiler")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from spikesearch import SpikeSearchError, Surrogate
-from spikesearch.surrogate import SURROGATES, make_surrogate
+from spikesearch.core.surrogate import SURROGATES, make_surrogate
 
 FORMULAS = {
     "atan": lambda x, a: (a / 2) / (1 + (math.pi / 2 * a * x) ** 2),

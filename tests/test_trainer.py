@@ -3,15 +3,12 @@ import torch
 from torch import nn
 
 from spikesearch import IF, SpikeSearchError, SpikingCNN, TrainConfig, Trainer
-from spikesearch.metrics import SpikeCounter
-from spikesearch.pipeline import make_loaders
-from spikesearch.run import Run
-from spikesearch.trainer import (
-    OPTIMIZERS,
-    load_checkpoint,
-    load_model_weights,
-    seed_everything,
-)
+from spikesearch.measure.spikes import SpikeCounter
+from spikesearch.runs import Run
+from spikesearch.train.checkpoint import load_checkpoint, load_model_weights
+from spikesearch.train.pipeline import make_loaders
+from spikesearch.train.setup import seed_everything
+from spikesearch.train.trainer import OPTIMIZERS
 
 
 def loaders(n_train=512, n_test=256, batch=64):
@@ -144,7 +141,7 @@ def test_rank_statistics_match_their_definitions():
 
     import numpy as np
 
-    from spikesearch.stats import kendall_tau_b, ranks, spearman, top_k_overlap
+    from spikesearch.measure.stats import kendall_tau_b, ranks, spearman, top_k_overlap
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 6, 40).astype(float)  # many ties

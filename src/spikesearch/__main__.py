@@ -1,6 +1,6 @@
 """``python -m spikesearch`` (what ``torchrun -m spikesearch ...`` runs on every rank)."""
 import sys
 
-from .cli import main
+from .cli.main import main
 
 sys.exit(main())

@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..errors import SpikeSearchError
-from ..metrics import SpikeCounter
-from ..neurons import IF, reset
+from ..core.errors import SpikeSearchError
+from ..core.neurons import IF, reset
+from ..measure.spikes import SpikeCounter
 from .binary import BinaryConv2d, BinaryLinear, effective_weight
 from .qcfs import QCFS
 

@@ -53,7 +53,7 @@ def layer_report(snn: SpikingNet, x: Tensor, timesteps: list[int], one_step: boo
 
 
 def plot_layer_report(rows: list[dict], path: Path, title: str) -> Path:
-    from ..plots import _save, plt
+    from ..measure.plots import _save, plt
 
     ts = sorted(rows[0]["per_t"], key=int)
     rel = [[100 * r["per_t"][t]["rel"] for t in ts] for r in rows]

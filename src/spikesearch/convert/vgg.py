@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from ..errors import SpikeSearchError
-from ..memory import check_fits
+from ..core.errors import SpikeSearchError
+from ..train.memory import check_fits
 from .binary import BinaryConv2d, BinaryLinear
 from .qcfs import QCFS
 

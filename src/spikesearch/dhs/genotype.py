@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import SpikeSearchError
-from ..run import atomic_write_bytes, jsonable
+from ..core.errors import SpikeSearchError
+from ..runs import atomic_write_bytes, jsonable
 from .nodes import NeuronChoice
 from .ops import EDGE_OPS, PASSIVE_OPS
 

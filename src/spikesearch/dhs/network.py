@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import SpikeSearchError
-from ..metrics import E_MAC_PJ
-from ..models import repeat_input
-from ..neurons import SeqToANN
+from ..core.errors import SpikeSearchError
+from ..core.models import repeat_input
+from ..core.neurons import SeqToANN
+from ..measure.spikes import E_MAC_PJ
 from .genotype import (
     PAPER_CELL,
     PAPER_PATH_8,

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..errors import SpikeSearchError
-from ..metrics import E_AC_PJ, E_MAC_PJ
-from ..surrogate import SURROGATES, Surrogate, _Spike
+from ..core.errors import SpikeSearchError
+from ..core.surrogate import SURROGATES, Surrogate, _Spike
+from ..measure.spikes import E_AC_PJ, E_MAC_PJ
 from .ops import DHS_TAU, dhs_lif
 
 DSPIKE = SURROGATES.get("dspike")

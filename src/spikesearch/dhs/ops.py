@@ -14,9 +14,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..errors import SpikeSearchError
-from ..neurons import LIF, SeqToANN
-from ..registry import Registry
+from ..core.errors import SpikeSearchError
+from ..core.neurons import LIF, SeqToANN
+from ..core.registry import Registry
 
 # SpikeDHS's neuron: u <- 0.2 u (1 - s) + I, threshold 0.5, hard reset (spikingjelly tau = 1.25, no input decay)
 DHS_TAU = 1.25

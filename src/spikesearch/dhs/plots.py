@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plots import (  # matplotlib only through ..plots (its config dir)
+from ..measure.plots import (  # matplotlib only through ..plots (its config dir)
     FancyArrowPatch,
     _save,
     plt,

@@ -21,12 +21,12 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm import tqdm
 
-from ..datasets import ImageSet
-from ..errors import SpikeSearchError
-from ..loader import Augment, BatchLoader
-from ..neurons import reset
-from ..run import Run, atomic_write_bytes
-from ..trainer import load_checkpoint, resumable, rng_state, set_rng_state
+from ..core.errors import SpikeSearchError
+from ..core.neurons import reset
+from ..data.datasets import ImageSet
+from ..data.loader import Augment, BatchLoader
+from ..runs import Run, atomic_write_bytes
+from ..train.checkpoint import load_checkpoint, resumable, rng_state, set_rng_state
 from .genotype import Genotype, derive_cell, transition_weights, viterbi
 from .network import DHSNet
 from .nodes import DGSSurrogate, NeuronChoice, NodeMix

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import SpikeSearchError
-from ..neurons import IF, LIF, reset
+from ..core.errors import SpikeSearchError
+from ..core.neurons import IF, LIF, reset
 from .to_nir import DT, nir_module
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import SpikeSearchError
-from ..neurons import IF, LIF, PLIF, BaseNode, SeqToANN, TimeSharedDropout
+from ..core.errors import SpikeSearchError
+from ..core.neurons import IF, LIF, PLIF, BaseNode, SeqToANN, TimeSharedDropout
 
 DT = 1e-4  # seconds per simulation step, written into every graph as metadata["dt"] (snnTorch's NIR reader assumes it)
 SKIP = (nn.Dropout, TimeSharedDropout, nn.Identity)  # no-ops at inference
@@ -345,8 +345,8 @@ def to_nir(model: nn.Module, input_shape: tuple[int, ...] | None = None):
     statistics). ``input_shape`` (C, H, W) is needed for ``SpikingCNN`` and converted VGGs, which do not
     record their input size."""
     from ..convert.converter import SpikingNet
+    from ..core.models import SpikingCNN
     from ..dhs.network import DHSNet
-    from ..models import SpikingCNN
     from ..snasnet.network import SNASNet
 
     if isinstance(model, SNASNet):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SpikeSearchError
+from ..core.errors import SpikeSearchError
 
 EDGES = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
 NUM_ARCHS = 5 ** len(EDGES)

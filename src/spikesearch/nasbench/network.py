@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..neurons import LIF, SeqToANN
+from ..core.neurons import LIF, SeqToANN
 from ..snasnet.network import init_weights
 from .bench import EDGES
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..neurons import BaseNode, TimeSharedDropout, reset
+from ..core.neurons import BaseNode, TimeSharedDropout, reset
+from ..measure.stats import ranks
 from ..snasnet.score import KernelHooks, ScoreConfig, hamming_kernels, scoring_layout
-from ..stats import ranks
 
 FORWARD_PROXIES = ("sahd", "sahd-sum", "naswot", "sahd-last", "firing")
 PROXIES = (*FORWARD_PROXIES, "params")

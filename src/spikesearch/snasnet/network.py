@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..batchnorm import BatchNorm2d
-from ..errors import SpikeSearchError
-from ..models import repeat_input
-from ..neurons import LIF, BaseNode, Stateful, TimeSharedDropout
-from ..registry import Registry
+from ..core.batchnorm import BatchNorm2d
+from ..core.errors import SpikeSearchError
+from ..core.models import repeat_input
+from ..core.neurons import LIF, BaseNode, Stateful, TimeSharedDropout
+from ..core.registry import Registry
 from .space import NUM_NODES, check_matrix, format_cnt_mat
 
 NeuronFactory = Callable[[], BaseNode]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import SpikeSearchError
+from ..core.errors import SpikeSearchError
 from .network import SNASNet
 from .search import Scorer, SearchConfig, score_candidate
 from .space import format_cnt_mat

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .. import kernels
-from ..errors import SpikeSearchError
-from ..neurons import BaseNode, Stateful, TimeSharedDropout, reset
+from ..core import kernels
+from ..core.errors import SpikeSearchError
+from ..core.neurons import BaseNode, Stateful, TimeSharedDropout, reset
 
 NORMALISATIONS = ("rate", "january", "none")
 KERNEL_DTYPES = {"float64": torch.float64, "float32": torch.float32}

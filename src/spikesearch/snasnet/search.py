@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..errors import SpikeSearchError
-from ..registry import Registry
-from ..run import CsvLog
+from ..core.errors import SpikeSearchError
+from ..core.registry import Registry
+from ..runs import CsvLog
 from .score import ScoreConfig, score_model
 from .space import format_cnt_mat, mutate_matrix, parse_cnt_mat, sample_matrix
 

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import SpikeSearchError
+from ..core.errors import SpikeSearchError
 
 NUM_NODES = 4
 OP_NAMES = {0: "none", 1: "skip", 2: "conv1x1", 3: "conv3x3", 4: "avgpool"}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import SpikeSearchError
+from ..core.errors import SpikeSearchError
 
 
 def available_bytes() -> int | None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .datasets import DatasetInfo, load_dataset
-from .loader import Augment, BatchLoader
-from .metrics import SpikeCounter
-from .plots import plot_spike_report, plot_training
-from .run import Run
+from ..data.datasets import DatasetInfo, load_dataset
+from ..data.loader import Augment, BatchLoader
+from ..measure.plots import plot_spike_report, plot_training
+from ..measure.spikes import SpikeCounter
+from ..runs import Run
 from .trainer import TrainConfig, Trainer, evaluate
 
 

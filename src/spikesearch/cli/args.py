@@ -7,6 +7,8 @@ import math
 import re
 
 SEED_MAX = 2**32 - 1  # numpy's seed range
+# the keyword that takes --tau, per neuron that has one
+TAU_ARGUMENT = {"lif": "tau", "plif": "init_tau"}
 
 
 def _parse(s: str, kind: type) -> float | int:

@@ -7,25 +7,20 @@ from pathlib import Path
 
 import torch
 
-from .. import args as arg
-from ..errors import SpikeSearchError
-from ..events import SPLITS
-from ..loader import BatchLoader
-from ..pipeline import make_loaders, train_and_report
-from ..plots import plot_accuracy_vs_timestep, plot_spike_report
-from ..run import RunRequest, atomic_write_bytes, split_job_dir
-from ..trainer import (
-    TrainConfig,
-    evaluate,
-    load_checkpoint,
-    load_model_weights,
-    pick_device,
-    seed_everything,
-)
-from .converter import METHODS, ConvertConfig, convert, evaluate_snn, resolve_method
-from .qcfs import init_thresholds
-from .report import layer_report, plot_layer_report
-from .vgg import ARCHS, VGG, VGGConfig
+from ..convert.converter import METHODS, ConvertConfig, convert, evaluate_snn, resolve_method
+from ..convert.qcfs import init_thresholds
+from ..convert.report import layer_report, plot_layer_report
+from ..convert.vgg import ARCHS, VGG, VGGConfig
+from ..core.errors import SpikeSearchError
+from ..data.events import SPLITS
+from ..data.loader import BatchLoader
+from ..measure.plots import plot_accuracy_vs_timestep, plot_spike_report
+from ..runs import RunRequest, atomic_write_bytes, split_job_dir
+from ..train.checkpoint import load_checkpoint, load_model_weights
+from ..train.pipeline import make_loaders, train_and_report
+from ..train.setup import pick_device, seed_everything
+from ..train.trainer import TrainConfig, evaluate
+from . import args as arg
 
 # Lu & Sengupta's README recipes (CIFAR-100), and a short one for the bundled data.
 RECIPES = {

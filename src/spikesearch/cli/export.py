@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from ..datasets import DATASETS
-from ..errors import SpikeSearchError
-from ..trainer import load_checkpoint, load_model_weights
-from .to_nir import write_nir
+from ..core.errors import SpikeSearchError
+from ..data.datasets import DATASETS
+from ..export.to_nir import write_nir
+from ..train.checkpoint import load_checkpoint, load_model_weights
 
 FORMATS = ("nir",)
 
@@ -53,8 +53,8 @@ def rebuild(path: str | Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     shape = (info.channels, info.size, info.size)
     command = cfg.get("command")
     if command == "train":
-        from ..cli import TAU_ARGUMENT
-        from ..models import SpikingCNN
+        from ..core.models import SpikingCNN
+        from .args import TAU_ARGUMENT
 
         tau = {TAU_ARGUMENT[cfg["neuron"]]: cfg["tau"]} if cfg["neuron"] in TAU_ARGUMENT else {}
         model = SpikingCNN(info.channels, info.num_classes, info.size, cfg["widths"], cfg["timestep"], cfg["neuron"],
@@ -92,10 +92,10 @@ def _reconvert(cfg: dict) -> torch.nn.Module:
     file and the normalisation images the run used."""
     from argparse import Namespace
 
-    from ..convert.command import load_vgg
     from ..convert.converter import ConvertConfig, convert
-    from ..loader import BatchLoader
-    from ..pipeline import make_loaders
+    from ..data.loader import BatchLoader
+    from ..train.pipeline import make_loaders
+    from .convert import load_vgg
 
     a = Namespace(**cfg)
     train, _, info = make_loaders(a.dataset, a.data, a.batch_size, torch.device("cpu"), a.seed, None, a.eval_size,

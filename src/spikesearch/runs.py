@@ -37,8 +37,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from . import distributed
-from .errors import SpikeSearchError
+from .core import distributed
+from .core.errors import SpikeSearchError
 
 # settings that do not change a run's results: free to differ on --resume
 RUN_ONLY_KEYS = frozenset({

@@ -7,25 +7,21 @@ import time
 import numpy as np
 import torch
 
-from .. import args as arg
-from ..errors import SpikeSearchError
-from ..pipeline import make_loaders, report, train_and_report
-from ..run import Run, RunRequest
-from ..surrogate import make_surrogate
-from ..trainer import (
-    TrainConfig,
-    load_checkpoint,
-    load_model_weights,
-    pick_device,
-    seed_everything,
-)
-from .checkpoint import state_of
-from .network import macro_config
-from .parallel import BACKENDS, SNASNetBuilder, WorkerPool
-from .plots import plot_cell, plot_scores
-from .score import ScoreConfig
-from .search import SearchConfig, ranking, run_search
-from .space import PUBLISHED, check_matrix, describe, format_cnt_mat, parse_cnt_mat
+from ..core.errors import SpikeSearchError
+from ..core.surrogate import make_surrogate
+from ..runs import Run, RunRequest
+from ..snasnet.checkpoint import state_of
+from ..snasnet.network import macro_config
+from ..snasnet.parallel import BACKENDS, SNASNetBuilder, WorkerPool
+from ..snasnet.plots import plot_cell, plot_scores
+from ..snasnet.score import ScoreConfig
+from ..snasnet.search import SearchConfig, ranking, run_search
+from ..snasnet.space import PUBLISHED, check_matrix, describe, format_cnt_mat, parse_cnt_mat
+from ..train.checkpoint import load_checkpoint, load_model_weights
+from ..train.pipeline import make_loaders, report, train_and_report
+from ..train.setup import pick_device, seed_everything
+from ..train.trainer import TrainConfig
+from . import args as arg
 
 # The paper's recipe (SGD 0.1, momentum 0.9, weight decay 5e-4, cosine to 0.001, 300 epochs) is the
 # default for real benchmarks. The bundled set gets a short recipe: with the paper's N(0, 0.01)

@@ -11,9 +11,9 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from . import distributed
+from ..core import distributed
+from ..core.errors import SpikeSearchError
 from .datasets import DatasetInfo, FileImageSet, ImageSet
-from .errors import SpikeSearchError
 
 
 class Augment:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import SpikeSearchError
+from ..core.errors import SpikeSearchError
 
 SPLITS = ("number", "time")
 

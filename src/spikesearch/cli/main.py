@@ -7,23 +7,24 @@ import sys
 
 import torch
 
+from .. import runs as run_module
+from ..core import distributed
+from ..core.errors import SpikeSearchError
+from ..core.models import SpikingCNN
+from ..core.neurons import NEURONS
+from ..core.surrogate import SURROGATES
+from ..data.datasets import DATASETS
+from ..data.events import SPLITS
+from ..runs import RunRequest
+from ..train.pipeline import make_loaders, train_and_report
+from ..train.setup import pick_device, seed_everything
+from ..train.trainer import TrainConfig
 from . import args as arg
-from . import distributed
-from . import run as run_module
-from .convert import command as convert_command
-from .datasets import DATASETS
-from .dhs import command as dhs_command
-from .errors import SpikeSearchError
-from .events import SPLITS
-from .export import command as export_command
-from .models import SpikingCNN
-from .nasbench import command as nasbench_command
-from .neurons import NEURONS
-from .pipeline import make_loaders, train_and_report
-from .run import RunRequest
-from .snasnet import command as snasnet_command
-from .surrogate import SURROGATES
-from .trainer import TrainConfig, pick_device, seed_everything
+from . import convert as convert_command
+from . import dhs as dhs_command
+from . import export as export_command
+from . import nasbench as nasbench_command
+from . import snasnet as snasnet_command
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -37,9 +38,6 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 # --tau sets a LIF's fixed tau and a PLIF's initial tau; IF has none
-TAU_ARGUMENT = {"lif": "tau", "plif": "init_tau"}
-
-
 def cmd_train(a: argparse.Namespace) -> dict:
     device = pick_device(a.device)
     request = RunRequest.from_args(a, a.name, a.runs_dir)
@@ -47,7 +45,7 @@ def cmd_train(a: argparse.Namespace) -> dict:
     seed_everything(a.seed)
     train, test, info = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset,
                                      frames=a.timestep, split_by=a.event_split)
-    tau_kw = {TAU_ARGUMENT[a.neuron]: a.tau} if a.neuron in TAU_ARGUMENT else {}
+    tau_kw = {arg.TAU_ARGUMENT[a.neuron]: a.tau} if a.neuron in arg.TAU_ARGUMENT else {}
     model = SpikingCNN(info.channels, info.num_classes, info.size, a.widths, a.timestep, a.neuron,
                        surrogate=a.surrogate, **tau_kw)
     run = request.open()  # only after the inputs checked out: a failed command writes nothing

@@ -10,23 +10,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import args as arg
-from ..datasets import load_dataset
-from ..errors import SpikeSearchError
-from ..loader import Augment
-from ..pipeline import make_loaders, train_and_report
-from ..run import Run, RunRequest, atomic_write_bytes
-from ..trainer import (
-    TrainConfig,
-    load_checkpoint,
-    load_model_weights,
-    pick_device,
-    seed_everything,
-)
-from .genotype import Genotype, genotype_summary, random_genotype
-from .network import DHSConfig, DHSNet
-from .plots import plot_evolution, plot_genotype
-from .search import SearchConfig, derive, dgs_during_training, run_search
+from ..core.errors import SpikeSearchError
+from ..data.datasets import load_dataset
+from ..data.loader import Augment
+from ..dhs.genotype import Genotype, genotype_summary, random_genotype
+from ..dhs.network import DHSConfig, DHSNet
+from ..dhs.plots import plot_evolution, plot_genotype
+from ..dhs.search import SearchConfig, derive, dgs_during_training, run_search
+from ..runs import Run, RunRequest, atomic_write_bytes
+from ..train.checkpoint import load_checkpoint, load_model_weights
+from ..train.pipeline import make_loaders, train_and_report
+from ..train.setup import pick_device, seed_everything
+from ..train.trainer import TrainConfig
+from . import args as arg
 
 # Search and retrain settings. "paper" is SpikeDHS's CIFAR recipe (8 layers x 4 levels, T=6, 50 search
 # epochs at lr 0.4 / batch 100; retrain C=48, SGD 0.025, batch 50, 100 epochs). "small" fits the bundled

@@ -12,14 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import args as arg
-from ..datasets import load_dataset
-from ..errors import SpikeSearchError
-from ..loader import Augment
-from ..run import CsvLog, RunRequest
-from ..stats import kendall_tau_b, spearman
-from ..trainer import pick_device, seed_everything
-from .bench import (
+from ..core.errors import SpikeSearchError
+from ..data.datasets import load_dataset
+from ..data.loader import Augment
+from ..measure.stats import kendall_tau_b, spearman
+from ..nasbench.bench import (
     CLASSES,
     DATASETS,
     EDGES,
@@ -30,8 +27,11 @@ from .bench import (
     read_bench,
     stratified_sample,
 )
-from .network import BenchNet
-from .proxies import ENSEMBLES, PROXIES, ensemble, proxies, seeded
+from ..nasbench.network import BenchNet
+from ..nasbench.proxies import ENSEMBLES, PROXIES, ensemble, proxies, seeded
+from ..runs import CsvLog, RunRequest
+from ..train.setup import pick_device, seed_everything
+from . import args as arg
 
 INPUTS = ("fmnist", "noise", "cifar10")
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -141,7 +141,7 @@ def cmd_proxies(a: argparse.Namespace) -> dict:
 
 
 def plot_proxies(result: dict, path: Path, title: str) -> Path:
-    from ..plots import _save, plt
+    from ..measure.plots import _save, plt
 
     names = list(result["table"])
     acc = np.array(result["acc"])
@@ -279,7 +279,7 @@ def _evolution(records: dict[int, Record], proxy, budget: int, rng: np.random.Ge
 
 
 def plot_search(mean: dict, sd: dict, best: float, path: Path, title: str) -> Path:
-    from ..plots import _save, plt
+    from ..measure.plots import _save, plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
     x = np.arange(1, len(mean["strategy"]) + 1)

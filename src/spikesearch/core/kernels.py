@@ -53,7 +53,7 @@ def library() -> ctypes.CDLL | None:
     cc = shutil.which(os.environ.get("CC", "cc"))
     if cc is None:
         return None
-    sources = {name: resources.files("spikesearch.csrc").joinpath(name).read_bytes() for name in SOURCES}
+    sources = {name: resources.files("spikesearch.core.csrc").joinpath(name).read_bytes() for name in SOURCES}
     key = hashlib.sha256(b"".join(sources.values()) + " ".join([cc, *FLAGS]).encode()).hexdigest()[:16]
     so = _cache_dir() / f"kernels_{key}.so"
     try:

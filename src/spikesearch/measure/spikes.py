@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .neurons import BaseNode, TimeSharedDropout
+from ..core.neurons import BaseNode, TimeSharedDropout
 
 E_AC_PJ = 0.9
 E_MAC_PJ = 4.6

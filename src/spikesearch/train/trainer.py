@@ -3,27 +3,24 @@ checkpoint every epoch (model, optimizer, scheduler, RNG and loader state), best
 CSV + TensorBoard logs, progress bars, and a clean stop on a NaN loss."""
 from __future__ import annotations
 
-import contextlib
 import io
 import math
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed
-from .errors import SpikeSearchError
-from .loader import BatchLoader
-from .neurons import reset
-from .registry import Registry
-from .run import Run, atomic_write_bytes
+from ..core import distributed
+from ..core.errors import SpikeSearchError
+from ..core.neurons import reset
+from ..core.registry import Registry
+from ..data.loader import BatchLoader
+from ..runs import Run, atomic_write_bytes
+from .checkpoint import load_checkpoint, load_model_weights, resumable, rng_state, set_rng_state
 
 
 @dataclass
@@ -67,88 +64,6 @@ SCHEDULERS.add("multistep", lambda o, c: torch.optim.lr_scheduler.MultiStepLR(
     o, milestones=c.milestones or [int(0.5 * c.epochs), int(0.75 * c.epochs)], gamma=c.gamma))
 SCHEDULERS.add("step", lambda o, c: torch.optim.lr_scheduler.StepLR(o, step_size=c.step_size, gamma=c.gamma))
 SCHEDULERS.add("none", lambda o, c: torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """The compute device; under torchrun also joins the process group (see ``distributed``)."""
-    if name == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    elif name.startswith("cuda") and not torch.cuda.is_available():
-        raise SpikeSearchError(f"device {name!r} requested but no CUDA GPU is visible")
-    else:
-        device = torch.device(name)
-    return distributed.join(device)
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only, no code); anything
-    but a dict at the top level (a bare tensor, a list, an empty or foreign file) is one clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpikeSearchError(f"checkpoint {path} does not exist" if not path.exists() else f"checkpoint {path} is not a file")
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        why = next(iter(str(e).splitlines()), "") or type(e).__name__
-        raise SpikeSearchError(f"cannot load checkpoint {path}: {why}") from None
-    if not isinstance(ck, dict):
-        raise SpikeSearchError(f"{path} is not a checkpoint: it holds a {type(ck).__name__}, not a dict of tensors")
-    return ck
-
-
-@contextlib.contextmanager
-def resumable(path: Path):
-    """Turn the errors of restoring a checkpoint's optimiser/RNG/loader state into one clear line."""
-    try:
-        yield
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-        raise SpikeSearchError(f"{path} is not a resumable checkpoint of this run ({type(e).__name__}: "
-                               f"{next(iter(str(e).splitlines()), '')})") from None
-
-
-def load_model_weights(model: nn.Module, state: dict, source: str) -> None:
-    """Load a state dict, naming every mismatched layer instead of torch's long traceback."""
-    state = state.get("model", state)
-    # a module's extra state (e.g. a DGS temperature) is a plain value; everything else must be a tensor
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) or str(k).endswith("._extra_state")
-                                              for k, v in state.items()):
-        raise SpikeSearchError(f"{source} does not hold a state dict of tensors")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if k in state and isinstance(v, torch.Tensor) and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shape:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch (file vs model)", shape)):
-            if items:
-                parts.append(f"{label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}")
-        raise SpikeSearchError(f"{source} does not match this architecture; " + "; ".join(parts))
-    model.load_state_dict(state)
 
 
 @torch.no_grad()

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.errors import SpikeSearchError
+from ..core.registry import Registry
 from . import events
-from .errors import SpikeSearchError
-from .registry import Registry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -145,7 +145,7 @@ def _read_fashion_mnist(root: Path | None, info: DatasetInfo):
 
 
 def _read_bundled(root: Path | None, info: DatasetInfo):
-    with resources.files("spikesearch.data").joinpath("fashion_mnist_small.npz").open("rb") as f:
+    with resources.files("spikesearch.data").joinpath("bundled", "fashion_mnist_small.npz").open("rb") as f:
         z = np.load(io.BytesIO(f.read()))
         return _images(z["x_train"], z["y_train"], FMNIST_CLASSES), _images(z["x_test"], z["y_test"], FMNIST_CLASSES)
 
@@ -289,7 +289,7 @@ def _event_reader(read: Callable) -> Callable:
 
 for _info in (
     DatasetInfo("fmnist-small", 10, 1, 28, *FMNIST_STATS, 2, True,
-                "bundled inside the package (spikesearch/data/fashion_mnist_small.npz)", _read_bundled),
+                "bundled inside the package (spikesearch/data/bundled/fashion_mnist_small.npz)", _read_bundled),
     DatasetInfo("fashion-mnist", 10, 1, 28, *FMNIST_STATS, 2, True,
                 "DIR/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (apt-get install dataset-fashion-mnist)",
                 _read_fashion_mnist, "/usr/share/datasets/fashion-mnist"),
