@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import time
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -278,6 +279,24 @@ CASES = {
     "genotype-stem-stride-fraction": (["dhs", "train", "--genotype", "DATA/g.json"], "info.config must map",
                                       _genotype(text=GENOTYPE.replace("PATH", "[0]").replace("NODES", "[]")[:-1]
                                                 + ', "info": {"config": {"stem_stride": 1.9}}}')),
+    # issue 27: names, bounds, weights, load errors, data, DHS edge cases
+    "name-not-utf8": (["train", "--name", os.fsdecode(b"run-\xff")], "is not valid UTF-8", None),
+    "name-300-chars": (["snasnet", "--exp_name", "n" * 300], "longer than a folder name may be", None),
+    "time-huge": (["convert", "--time", "1000000000"], "must be in 1..10000", None),
+    "nan-weights": (["convert", "--model", "DATA/m.pt"], "NaN or infinite values in features.0.weight",
+                    _file("m.pt", {**_vgg_file(), "model": {k: torch.full_like(v, float("nan")) if v.is_floating_point()
+                                                            else v for k, v in _vgg_file()["model"].items()}})),
+    "object-in-checkpoint": (["convert", "--model", "DATA/m.pt"], "holds a Python object (fractions.Fraction)",
+                             _file("m.pt", {"model": Fraction(1, 3)})),
+    "nir-file-as-checkpoint": (["snasnet", "--cnt_mat", "cifar100_bw", "--savemodel_pth", "DATA/m.pt"],
+                               "is not a PyTorch checkpoint", _file("m.pt", b"\x89HDF\r\n\x1a\n" + bytes(600))),
+    "cifar-meta-not-a-list": (["train", "--dataset", "cifar10", "--data_dir", "DATA"], "must list 10 class names",
+                              _cifar10(meta={"label_names": 5})),
+    "genotype-all-none": (["dhs", "train", "--genotype", "DATA/g.json"], "has only 'none' edges",
+                          _genotype(text='{"cell": [[[0, "none"], [1, "none"]]], "path": [0, 1]}')),
+    "dhs-search-ops-none": (["dhs", "search", "--ops", "none"], "an op other than 'none'", None),
+    "dhs-derive-random-ops-none": (["dhs", "derive", "--random", "--ops", "none"], "an op other than 'none'", None),
+    "dhs-derive-from-a-train-checkpoint": (["dhs", "derive", "--search", "KEEP"], "is not a dhs search result", None),
 }
 NAME_FLAGS = ("--name", "--exp_name", "--job-dir", "--job_dir")
 RUN_OPTION = {"snasnet": ["--exp_name", "fresh"], "train": ["--name", "fresh"], "dhs": ["--name", "fresh"],
@@ -324,6 +343,7 @@ def test_bad_input_is_one_clear_line_and_damages_nothing(case, kept, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("spikesearch") and "error:" in err[0] and msg in err[0], err
+    assert "weights_only" not in err[0]  # torch's advice to load a refused file unsafely is never passed on
     assert snapshot(runs / "keep") == before
     assert sorted(p.name for p in runs.iterdir()) == ["keep"]  # a failed command writes nothing,
     assert not any(cwd.iterdir()) and not (kept.parent / "escape").exists()  # here or elsewhere
@@ -334,3 +354,13 @@ def test_unwritable_run_folder_is_one_clear_line(tmp_path, capsys):
     assert main(["train", "--runs_dir", str(tmp_path / "file"), "--epochs", "1", "--train_subset", "64", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot write the run folder" in err[0]
+
+
+def test_cifar_batches_pickled_with_bytes_keys_are_read(tmp_path):
+    from spikesearch.data.datasets import load_dataset
+
+    _cifar10(lambda d: {k.encode(): v for k, v in d.items()},
+             meta={b"label_names": [f"c{i}".encode() for i in range(10)]})(tmp_path)
+    train, test, _ = load_dataset("cifar10", str(tmp_path))
+    assert len(train) == 20 and len(test) == 4 and train.classes[3] == "c3"
+    assert train.labels.tolist()[:4] == [0, 1, 2, 3]

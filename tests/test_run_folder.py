@@ -466,3 +466,244 @@ def test_a_directory_or_file_in_the_way_is_one_line(tmp_path, capsys, target, me
         path.mkdir()
     code, err = cli(capsys, *TRAIN, "--name", "d", "--runs_dir", runs, "--resume")
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+# --- 15. issue 27: --overwrite replaces one run of this command, nothing else ----------------------------
+
+SMALL = ["--train_subset", "128", "--test_subset", "32", "--widths", "4", "8", "--timestep", "2", "--quiet",
+         "--threads", "1"]
+
+
+def test_overwrite_never_deletes_a_folder_of_runs(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert cli(capsys, "train", *SMALL, "--epochs", "1", "--name", "a", "--runs_dir", runs)[0] == 0
+    before = files(runs)
+    code, err = cli(capsys, "train-ann", "--job-dir", runs, "--epochs", "1", "--overwrite", *SMALL[:4], "--quiet")
+    assert code == 2 and len(err) == 1 and "runs" in err[0] and "/a" in err[0], err
+    assert files(runs) == before
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path, capsys):
+    mine = tmp_path / "runs/notes"
+    mine.mkdir(parents=True)
+    (mine / "thesis.tex").write_text("years of work")
+    code, err = cli(capsys, "train", *SMALL, "--name", "notes", "--runs_dir", tmp_path / "runs", "--overwrite")
+    assert code == 2 and "not one" in err[0], err
+    assert (mine / "thesis.tex").read_text() == "years of work" and sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+
+
+def test_overwrite_and_resume_refuse_another_commands_run_naming_it(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert cli(capsys, "train", *SMALL, "--epochs", "1", "--name", "a", "--runs_dir", runs)[0] == 0
+    before = files(runs / "a")
+    for flag in ("--overwrite", "--resume"):
+        code, err = cli(capsys, "train-ann", "--job-dir", runs / "a", "--epochs", "1", flag, *SMALL[:4], "--quiet")
+        assert code == 2 and len(err) == 1 and "a run of 'train'" in err[0] and "not recorded" not in err[0], err
+    assert files(runs / "a") == before
+
+
+def test_overwrite_refuses_a_run_held_by_a_live_process_before_any_work(tmp_path, capsys, monkeypatch):
+    import fcntl
+
+    runs = tmp_path / "runs"
+    assert cli(capsys, "train", *SMALL, "--epochs", "1", "--name", "a", "--runs_dir", runs)[0] == 0
+    before = files(runs / "a")
+    loaded = []
+    monkeypatch.setattr("spikesearch.cli.main.make_loaders", lambda *a, **k: loaded.append(1))
+    with open(runs / "a/.lock", "r+") as held:  # as a live `spikesearch train --name a` holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("process 4242 (spikesearch train --name a)")
+        held.flush()
+        code, err = cli(capsys, "train", *SMALL, "--name", "a", "--runs_dir", runs, "--overwrite")
+    assert code == 2 and "in use by process 4242" in err[0] and not loaded, err  # refused before the data are read
+    after = files(runs / "a")
+    assert after.pop(".lock") != before.pop(".lock")  # the holder line is the test's own
+    assert after == before
+
+
+# --- 16. issue 27: a failed resume leaves the folder byte-identical; config.json only after it started ----
+
+def _interrupt_after(monkeypatch, epochs: int) -> None:
+    """The next training stops (as Ctrl-C) once ``epochs`` epochs have been checkpointed."""
+    from spikesearch.train.trainer import Trainer
+
+    real, seen = Trainer.train_epoch, []
+
+    def train_epoch(self, epoch):
+        if len(seen) == epochs:
+            raise KeyboardInterrupt
+        seen.append(epoch)
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+
+
+def test_a_failed_resume_leaves_the_folder_byte_identical(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert cli(capsys, "train", *SMALL, "--epochs", "1", "--name", "r", "--runs_dir", runs)[0] == 0
+    torch.save({**torch.load(runs / "r/checkpoints/last.pt", weights_only=True), "model": {"x": torch.zeros(1)}},
+               runs / "r/checkpoints/last.pt")  # a checkpoint of another network
+    before = files(runs / "r")
+    code, err = cli(capsys, "train", *SMALL, "--name", "r", "--runs_dir", runs, "--resume", "--epochs", "3", "--lr", "0.01",
+                    "--override", "epochs", "lr")
+    assert code == 2 and "does not match this architecture" in err[0], err
+    assert files(runs / "r") == before  # config.json and log.txt included
+
+
+def test_an_edited_config_json_is_refused(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert cli(capsys, "train", *SMALL, "--epochs", "1", "--name", "r", "--runs_dir", runs)[0] == 0
+    cfg = json.loads((runs / "r/config.json").read_text())
+    (runs / "r/config.json").write_text(json.dumps({**cfg, "lr": 0.5}))
+    before = files(runs / "r")
+    code, err = cli(capsys, "train", *SMALL, "--name", "r", "--runs_dir", runs, "--resume", "--lr", "0.5", "--epochs", "2",
+                    "--override", "epochs")
+    assert code == 2 and len(err) == 1 and "edited" in err[0] and "lr 0.001 -> 0.5" in err[0], err
+    assert files(runs / "r") == before
+
+
+def test_a_resume_killed_before_its_first_checkpoint_resumes_again(tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    argv = ["train", *SMALL, "--epochs", "3", "--name", "r", "--runs_dir", runs]
+    _interrupt_after(monkeypatch, 1)
+    assert cli(capsys, *argv)[0] == 130
+    _interrupt_after(monkeypatch, 0)  # config.json now says lr 0.01; the checkpoint still ran 0.001
+    assert cli(capsys, *argv, "--resume", "--lr", "0.01", "--override", "lr")[0] == 130
+    assert json.loads((runs / "r/config.json").read_text())["lr"] == 0.01
+    monkeypatch.undo()
+    assert cli(capsys, *argv, "--resume", "--lr", "0.01", "--override", "lr")[0] == 0
+    cfg = json.loads((runs / "r/config.json").read_text())
+    assert cfg["lr"] == 0.01 and len(cfg["resumed"]) == 1
+
+
+# --- 17. issue 27: --override re-plans; what config.json records is what the resumed run did ---------------
+
+def _lrs(folder: Path) -> list[float]:
+    return [float(line.split(",")[1]) for line in (folder / "metrics.csv").read_text().splitlines()[1:]]
+
+
+@pytest.mark.parametrize("key,value", [("epochs", "4"), ("lr", "0.01"), ("scheduler", "multistep"), ("optimizer", "sgd"),
+                                       ("weight_decay", "0.01"), ("batch_size", "32")])
+def test_override_replans_as_an_uninterrupted_run_with_the_new_setting(tmp_path, capsys, monkeypatch, key, value):
+    runs = tmp_path / "runs"
+    base = ["train", *SMALL, "--epochs", "3", "--runs_dir", runs]
+    _interrupt_after(monkeypatch, 1)
+    assert cli(capsys, *base, "--name", "r")[0] == 130
+    monkeypatch.undo()
+    code, err = cli(capsys, *base, "--name", "r", "--resume", f"--{key}", value, "--override", key)
+    assert code == 0, err
+    assert cli(capsys, *base, "--name", "whole", f"--{key}", value)[0] == 0
+    cfg = json.loads((runs / "r/config.json").read_text())
+    assert str(cfg[key]) == value and list(cfg["resumed"][0]["changed"]) == [key]
+    # epoch 1 ran under the old settings; from epoch 2 on the schedule is the new settings' own
+    assert _lrs(runs / "r")[1:] == _lrs(runs / "whole")[1:] and len(_lrs(runs / "r")) == len(_lrs(runs / "whole"))
+    ck = torch.load(runs / "r/checkpoints/last.pt", weights_only=True)
+    group = ck["optimizer"]["param_groups"][0]
+    assert group["weight_decay"] == cfg["weight_decay"] and ck["run"] == cfg
+    state = next(iter(ck["optimizer"]["state"].values()))
+    assert ("momentum_buffer" in state) == (cfg["optimizer"] == "sgd")
+    if cfg["optimizer"] == "adam":  # Adam counts its steps: 2 batches of 64 in epoch 1, then at the new batch size
+        assert float(state["step"]) == 2 + (cfg["epochs"] - 1) * 128 // cfg["batch_size"]
+    if key == "optimizer":
+        assert "optimizer 'adam' -> 'sgd' (its state starts fresh)" in (runs / "r/log.txt").read_text()
+
+
+def test_override_of_epochs_on_a_finished_run_continues_the_new_plan(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    base = ["train", *SMALL, "--runs_dir", runs]
+    assert cli(capsys, *base, "--epochs", "1", "--name", "r")[0] == 0
+    assert cli(capsys, *base, "--epochs", "3", "--name", "r", "--resume", "--override", "epochs")[0] == 0
+    assert cli(capsys, *base, "--epochs", "3", "--name", "whole")[0] == 0
+    lrs, whole = _lrs(runs / "r"), _lrs(runs / "whole")
+    assert lrs[1:] == whole[1:] and lrs[1] > lrs[2]  # no wrap-around of the old one-epoch cosine
+    code, err = cli(capsys, *base, "--epochs", "2", "--name", "r", "--resume", "--override", "epochs")
+    assert code == 2 and "already trained 3 epochs" in err[0], err
+
+
+@pytest.mark.parametrize("command,change,key", [
+    (["train", *SMALL, "--epochs", "1"], ["--neuron", "if"], "neuron"),
+    (SEARCH, ["--num_search", "20"], "num_search"),
+    (SEARCH, ["--score_norm", "none"], "score_norm"),
+    (["snasnet", "--cnt_mat", "0302", "0030", "3003", "0000", "--epochs", "1", "--train_subset", "64", "--test_subset",
+      "32", "--timestep", "2", "--quiet", "--threads", "1"], ["--cnt_mat", "0303", "0030", "2002", "0200"], "cnt_mat"),
+])
+def test_override_of_a_setting_the_work_depends_on_is_refused(tmp_path, capsys, command, change, key):
+    runs = tmp_path / "runs"
+    flags = ["--runs_dir", runs, "--exp_name" if command[0] == "snasnet" else "--name", "r"]
+    assert cli(capsys, *command, *flags)[0] == 0
+    before = files(runs / "r")
+    code, err = cli(capsys, *command, *flags, "--resume", *change, "--override", key)
+    assert code == 2 and len(err) == 1 and f"a resume cannot change {key}" in err[0], err
+    assert files(runs / "r") == before
+
+
+def test_snasnet_override_of_its_learning_rate_is_applied(tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    base = ["snasnet", "--cnt_mat", "0302", "0030", "3003", "0000", "--epochs", "2", "--train_subset", "64",
+            "--test_subset", "32", "--timestep", "2", "--quiet", "--threads", "1", "--runs_dir", runs]
+    _interrupt_after(monkeypatch, 1)
+    assert cli(capsys, *base, "--exp_name", "r")[0] == 130
+    monkeypatch.undo()
+    assert cli(capsys, *base, "--exp_name", "r", "--resume", "--learning_rate", "0.01", "--override", "learning_rate")[0] == 0
+    assert cli(capsys, *base, "--exp_name", "whole", "--learning_rate", "0.01")[0] == 0
+    assert _lrs(runs / "r")[1:] == _lrs(runs / "whole")[1:]
+    assert json.loads((runs / "r/config.json").read_text())["learning_rate"] == 0.01
+
+
+# --- 18. issue 27: output files are checked before work and written atomically ------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("trained") / "runs"
+    assert main(["train", *SMALL, "--epochs", "1", "--name", "t", "--runs_dir", str(runs)]) == 0
+    return runs / "t"
+
+
+@pytest.mark.parametrize("target", ["checkpoints/best.pt", "config.json", "new.nir"])
+def test_export_never_writes_into_a_run_folder(trained, capsys, target):
+    before = files(trained)
+    code, err = cli(capsys, "export", trained, "-o", trained / target, "--overwrite")
+    assert code == 2 and len(err) == 1 and "inside the run folder" in err[0], err
+    assert files(trained) == before
+
+
+def test_export_never_writes_through_a_symlink_or_over_a_file_it_reads(trained, tmp_path, capsys):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    (tmp_path / "net.nir").symlink_to(precious)
+    code, err = cli(capsys, "export", trained, "-o", tmp_path / "net.nir", "--overwrite")
+    assert code == 2 and "symbolic link" in err[0] and precious.read_text() == "mine", err
+    ann = tmp_path / "ann.pt"
+    torch.save({"model": {}}, ann)
+    code, err = cli(capsys, "convert", "--job-dir", tmp_path / "snn", "--model", ann, "--results-file", ann, "--overwrite",
+                    "--quiet")
+    assert code == 2 and "which this command reads" in err[0] and not (tmp_path / "snn").exists(), err
+
+
+def test_export_onto_a_full_disk_is_one_line_and_leaves_no_file(trained, tmp_path):
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # the NIR file (tens of kB) does not fit
+
+    out = subprocess.run([sys.executable, "-m", "spikesearch", "export", str(trained), "-o", str(tmp_path / "net.nir")],
+                         capture_output=True, text=True, preexec_fn=small_files, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(err) == 1 and "File too large" in err[0], out.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []  # no partial .nir, no temp file
+
+
+def test_export_of_nan_weights_or_an_edited_config_is_one_line(trained, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "t"
+    shutil.copytree(trained, run)
+    ck = torch.load(run / "checkpoints/best.pt", weights_only=True)
+    ck["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in ck["model"].items()}
+    torch.save(ck, run / "checkpoints/best.pt")
+    code, err = cli(capsys, "export", run, "-o", tmp_path / "nan.nir")
+    assert code == 2 and len(err) == 1 and "NaN or infinite" in err[0] and not (tmp_path / "nan.nir").exists(), err
+    cfg = json.loads((trained / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "command": "snasnet"}))
+    code, err = cli(capsys, "export", run, "-o", tmp_path / "edited.nir")
+    assert code == 2 and len(err) == 1 and "config.json" in err[0], err

@@ -7,10 +7,18 @@ plots) and treats it like a database table.
   dies, so a crash leaves no stale lock); a second process on the same run fails with one line naming the
   holder.
 - **Nothing destroyed without being asked.** A name that holds a run is refused unless ``--resume``
-  continues it or ``--overwrite`` replaces it; ``--overwrite`` never deletes an input of the command.
-- **Resume never mixes configurations.** ``--resume`` compares the stored resolved ``config.json`` with the
-  new one and refuses every difference that changes results (listed), unless ``--override KEY ...`` names
-  it; overrides are recorded in ``config.json``. ``--resume`` of a run that does not exist is refused.
+  continues it or ``--overwrite`` replaces it; ``--overwrite`` replaces only one run folder of the same
+  command that no live process holds: never a folder of runs, another command's run, a folder that is not
+  a run, or one holding an input of the command. Output files outside the run folder go through
+  ``check_output`` (never an input, never a file of a run folder, never through a symlink) and are
+  written atomically.
+- **Resume never mixes configurations.** ``--resume`` continues only a run of the same command; it
+  compares the stored resolved ``config.json`` with the new one and refuses every difference that changes
+  results (listed), unless ``--override KEY ...`` names it and the command can re-plan it (its
+  ``overridable`` settings; the others are refused with the reason); overrides are recorded in
+  ``config.json``. Checkpoints keep the config they ran under: a config.json edited by hand is refused
+  (``Run.check_record``). A resumed run writes nothing until its state is restored (``Run.started``), so
+  a failed resume leaves the folder byte-identical. ``--resume`` of a run that does not exist is refused.
 - **No torn files.** JSON, CSV and checkpoints are written to a temp file, fsynced and renamed; a save that
   fails (disk full, read-only, a directory in the way) is one line and the previous file stays. Append-only
   logs (``CsvLog``) write each row whole; a torn last row (a crash mid-append) is dropped and reported on
@@ -44,9 +52,10 @@ from .core.errors import SpikeSearchError
 RUN_ONLY_KEYS = frozenset({
     "resume", "overwrite", "override", "quiet", "threads", "device", "gpu", "runs_dir", "name", "exp_name",
     "job_dir", "workers", "parallel", "ray_address", "top_k", "results_file", "n_workers", "search_only",
-    "command", "dhs_command", "resumed",
+    "command", "dhs_command", "nasbench_command", "resumed",
 })
 LOCK = ".lock"
+NAME_MAX = 255  # bytes in one path component on ext4, xfs, btrfs, tmpfs
 _TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_write_bytes' temp names (mkstemp's 8 characters)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -102,11 +111,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def run_path(name: str, root: str | Path) -> Path:
-    """``root/name`` for a plain run name; anything that could leave ``root`` or hide is refused."""
+    """``root/name`` for a plain run name; anything that could leave ``root``, hide, or that the file system
+    cannot hold (not UTF-8: config.json and the lock record the name as text; longer than a folder name may
+    be) is refused."""
     if not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".") \
             or any(c in name for c in "/\\\0"):
         raise SpikeSearchError(f"run name {name!r} is not a plain folder name (not empty, no '/', not starting "
                                "with '.'): the run folder is RUNS_DIR/NAME")
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        raise SpikeSearchError(f"run name {ascii(name)} is not valid UTF-8: name the run in UTF-8 text") from None
+    if size > NAME_MAX:
+        raise SpikeSearchError(f"run name of {size} bytes is longer than a folder name may be ({NAME_MAX} bytes): "
+                               f"{name[:40]}...")
     if not str(root):
         raise SpikeSearchError("the runs folder is empty ('')")
     return Path(root) / name
@@ -128,6 +146,22 @@ def config_of(args, **extra: Any) -> dict:
 def holds_run(path: Path) -> bool:
     """A folder holds a run once anything but the lock and temp files is in it."""
     return path.is_dir() and any(p.name != LOCK and not _TEMP.match(p.name) for p in path.iterdir())
+
+
+def is_run_folder(path: Path) -> bool:
+    """A folder a ``Run`` opened: it keeps its lock file and its log for good (a lock alone is not enough:
+    other tools, pytest among them, leave a ``.lock`` in their folders)."""
+    return path.is_dir() and not path.is_symlink() and (path / LOCK).is_file() and \
+        ((path / "log.txt").is_file() or (path / "config.json").is_file())
+
+
+def command_of(config: dict) -> str:
+    """The command a config records: ``train``, ``dhs train``, ``nasbench proxies`` ('' from the Python API)."""
+    command = config.get("command")
+    if not isinstance(command, str):
+        return ""
+    sub = config.get(f"{command.replace('-', '_')}_command")
+    return f"{command} {sub}" if isinstance(sub, str) else command
 
 
 def _read_config(path: Path) -> dict:
@@ -152,10 +186,69 @@ def config_diff(stored: dict, new: dict) -> dict[str, tuple[Any, Any]]:
             if k not in stored or k not in new or stored[k] != new[k]}
 
 
+def _holder(path: Path) -> str | None:
+    """Who holds a run folder's lock now (None: nobody), asked of the kernel, not read from the file."""
+    try:
+        fd = os.open(path / LOCK, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except OSError:
+        return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)  # releases the shared lock taken to ask
+
+
+def _nested_run(path: Path) -> Path | None:
+    return next((p for p in path.rglob(LOCK) if p.parent != path and is_run_folder(p.parent)), None)
+
+
+def _check_replaceable(path: Path, config: dict | None, inputs: Iterable[str | Path], locked: bool) -> None:
+    """``--overwrite`` replaces one run of this command that nobody holds, and nothing else: not a folder the
+    user keeps other things in, not a folder of runs, not a run of another command, not an input."""
+    nested = _nested_run(path)
+    if nested is not None:
+        raise SpikeSearchError(f"--overwrite would delete the run {nested.parent} inside {path}: a folder of runs is "
+                               "never replaced; choose another name")
+    if not is_run_folder(path):
+        raise SpikeSearchError(f"--overwrite replaces only a run folder, and {path} is not one (no {LOCK} and log): "
+                               "remove it yourself or choose another name")
+    root = path.resolve()
+    for item in inputs:
+        p = Path(item).resolve()
+        if p == root or root in p.parents:
+            raise SpikeSearchError(f"--overwrite would delete {item}, an input of this command, inside {path}")
+    if config is not None:
+        stored = _read_config(path)
+        if command_of(stored) != command_of(config):
+            raise SpikeSearchError(f"{path} holds a run of '{command_of(stored) or 'another program'}': --overwrite "
+                                   f"replaces only a run of '{command_of(config)}'; choose another name")
+    holder = None if locked else _holder(path)
+    if holder is not None:
+        raise SpikeSearchError(f"run folder {path} is in use by {holder}; --overwrite never replaces a live run")
+
+
+def _check_overrides(overrides: Sequence[str], config: dict, overridable: Sequence[str] | None) -> None:
+    """Each ``--override`` names a setting a resume knows how to re-plan (``overridable``; None: any setting,
+    for the Python API, whose caller re-plans); the others are refused with the reason."""
+    unknown = [k for k in overrides if k not in config or k in RUN_ONLY_KEYS]
+    if unknown:
+        raise SpikeSearchError(f"--override {' '.join(unknown)}: not a setting of this command that changes results")
+    fixed = [k for k in overrides if overridable is not None and k not in overridable]
+    if fixed:
+        can = ", ".join(overridable) if overridable else "none of its settings"
+        raise SpikeSearchError(f"--override {' '.join(fixed)}: a resume cannot change {', '.join(fixed)} (the weights, "
+                               f"data, cell or scores it has already produced depend on it; start a new run); it can "
+                               f"change {can}")
+
+
 def check_run(path: Path, config: dict | None, resume: bool = False, overwrite: bool = False,
-              overrides: Sequence[str] = (), inputs: Iterable[str | Path] = ()) -> dict[str, tuple[Any, Any]]:
+              overrides: Sequence[str] = (), inputs: Iterable[str | Path] = (), *, resumable: bool = True,
+              overridable: Sequence[str] | None = None, locked: bool = False) -> dict[str, tuple[Any, Any]]:
     """Refuse what would lose, mix or overwrite work; returns the overridden differences of a resume.
-    Reads only: commands call it before their slow work, and ``Run`` again under the lock."""
+    Reads only: commands call it before their slow work, and ``Run`` again under the lock (``locked``)."""
     if resume and overwrite:
         raise SpikeSearchError("--resume continues a run and --overwrite replaces it: give one of them")
     if overrides and not resume:
@@ -168,10 +261,12 @@ def check_run(path: Path, config: dict | None, resume: bool = False, overwrite: 
             raise SpikeSearchError(f"nothing to resume: {path} holds no run (check the name and the runs folder)")
         if config is None:
             return {}
-        diff = config_diff(_read_config(path), config)
-        unknown = [k for k in overrides if k not in config or k in RUN_ONLY_KEYS]
-        if unknown:
-            raise SpikeSearchError(f"--override {' '.join(unknown)}: not a setting of this command that changes results")
+        stored = _read_config(path)
+        if command_of(stored) != command_of(config):
+            raise SpikeSearchError(f"{path} holds a run of '{command_of(stored) or 'another program'}': "
+                                   f"'{command_of(config)} --resume' continues only its own runs; choose another name")
+        _check_overrides(overrides, config, overridable)
+        diff = config_diff(stored, config)
         refused = {k: v for k, v in diff.items() if k not in overrides}
         if refused:
             listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in refused.items())
@@ -180,14 +275,24 @@ def check_run(path: Path, config: dict | None, resume: bool = False, overwrite: 
         return diff
     if exists:
         if not overwrite:
-            raise SpikeSearchError(f"{path} already holds a run: --resume continues it, --overwrite replaces it, "
-                                   "or choose another name")
-        root = path.resolve()
-        for item in inputs:
-            p = Path(item).resolve()
-            if p == root or root in p.parents:
-                raise SpikeSearchError(f"--overwrite would delete {item}, an input of this command, inside {path}")
+            how = "--resume continues it, --overwrite replaces it" if resumable else "--overwrite replaces it"
+            raise SpikeSearchError(f"{path} already holds a run: {how}, or choose another name")
+        _check_replaceable(path, config, inputs, locked)
     return {}
+
+
+def _without_last_change(config: dict) -> dict | None:
+    """``config`` before its last recorded override, or None if it records none (or a malformed one)."""
+    try:
+        *earlier, last = config["resumed"]
+        undone = {**config, **{k: c["from"] for k, c in last["changed"].items()}}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if earlier:
+        undone["resumed"] = earlier
+    else:
+        undone.pop("resumed")
+    return undone
 
 
 def _clear(path: Path) -> None:
@@ -225,41 +330,52 @@ class Run:
     points into a private temporary folder, deleted at exit, so the commands need no rank checks.
 
     ``config`` (the resolved settings) is checked against the folder's ``config.json`` and written there;
-    ``resumed`` is True when the folder held a run that this one continues."""
+    ``resumed`` is True when the folder held a run that this one continues. A resumed run changes nothing in
+    its folder (not config.json, not log.txt) until the work calls ``started()`` once its state is restored:
+    a resume that fails leaves the folder byte for byte as it was. ``stored`` is the config.json the resume
+    found; ``config`` what this run records (checkpoints keep it, ``check_record`` compares)."""
 
     def __init__(self, name: str, root: str | Path = "runs", quiet: bool = False, *, config: dict | None = None,
                  resume: bool = False, overwrite: bool = False, overrides: Sequence[str] = (),
-                 inputs: Iterable[str | Path] = ()) -> None:
+                 inputs: Iterable[str | Path] = (), resumable: bool = True,
+                 overridable: Sequence[str] | None = None) -> None:
         self.path = run_path(name, root)
         self.main = distributed.is_main()
         self.quiet = quiet or not self.main
         self._out = self.path
         self._lock: int | None = None
         self._log: int | None = None
+        self._pending_log: list[bytes] = []
         self.resumed = resume
+        self.stored: dict | None = None
+        self.config: dict | None = config
+        self._started = False
         if not self.main:
             self._out = Path(tempfile.mkdtemp(prefix=f"spikesearch-rank{distributed.rank_world()[0]}-"))
             atexit.register(shutil.rmtree, self._out, ignore_errors=True)
         else:
-            check_run(self.path, config, resume, overwrite, overrides, inputs)  # before anything is created
+            rules = dict(resumable=resumable, overridable=overridable)
+            check_run(self.path, config, resume, overwrite, overrides, inputs, **rules)  # before anything is created
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise SpikeSearchError(f"cannot write the run folder {self.path}: {_why(e)}") from None
             self._acquire()
             try:
-                diff = check_run(self.path, config, resume, overwrite, overrides, inputs)  # again, now locked
+                diff = check_run(self.path, config, resume, overwrite, overrides, inputs, locked=True, **rules)
                 if overwrite and holds_run(self.path):
                     _clear(self.path)
                 _remove_stale_temps(self.path)
-                if config is not None:
-                    self._write_config(config, diff)
+                if resume and config is not None:
+                    self.stored = _read_config(self.path)
+                    self.config = self._recorded(config, diff)
             except BaseException:
                 self.close()
                 raise
-        self._log = _open_no_follow(self._out / "log.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         _OPEN.append(weakref.ref(self))
         _OPENED.append(self.path)
+        if not resume:
+            self.started()
 
     def _acquire(self) -> None:
         fd = _open_no_follow(self.path / LOCK, os.O_RDWR | os.O_CREAT)
@@ -275,18 +391,46 @@ class Run:
         self._lock = fd
         info = f"process {os.getpid()} ({' '.join(['spikesearch', *sys.argv[1:]])[:300]}), since {time.strftime('%Y-%m-%d %H:%M:%S')}"
         os.ftruncate(fd, 0)
-        os.pwrite(fd, info.encode(), 0)
+        os.pwrite(fd, info.encode(errors="backslashreplace"), 0)
 
-    def _write_config(self, config: dict, diff: dict) -> None:
-        """A new run's config; on a resume only the overridden settings change, recorded under ``resumed``."""
-        if self.resumed:
-            if not diff:
-                return
-            stored = _read_config(self.path)
-            change = {"at": time.strftime("%Y-%m-%d %H:%M:%S"),
-                      "changed": {k: {"from": old, "to": new} for k, (old, new) in diff.items()}}
-            config = {**stored, **{k: config[k] for k in diff if k in config}, "resumed": [*stored.get("resumed", []), change]}
-        atomic_write_bytes(self.path / "config.json", dump_json(config))
+    def _recorded(self, config: dict, diff: dict) -> dict:
+        """What a resumed run records: the stored config, the overridden settings changed, each change listed
+        under ``resumed``."""
+        if not diff:
+            return self.stored
+        change = {"at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "changed": {k: {"from": old, "to": new} for k, (old, new) in diff.items()}}
+        resumed = self.stored.get("resumed", [])
+        return {**self.stored, **{k: config[k] for k in diff if k in config},
+                "resumed": [*(resumed if isinstance(resumed, list) else []), change]}
+
+    def started(self) -> None:
+        """The work has begun (a resumed run: its state is restored and checked): from here on the folder is
+        written, config.json first (atomically), then the log lines held back so far."""
+        if self._started:
+            return
+        self._started = True
+        if self.main and self.config is not None and self.config != self.stored:
+            atomic_write_bytes(self.path / "config.json", dump_json(self.config))
+        self._log = _open_no_follow(self._out / "log.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        for line in self._pending_log:
+            self._write_log(line)
+        self._pending_log.clear()
+
+    def check_record(self, record: Any, source: Path) -> None:
+        """Refuse a resume whose config.json is not what the checkpoint ``source`` says ran (``record``, the
+        ``config`` saved with it): a config.json edited by hand would otherwise pass the resume check while
+        the checkpoint's settings go on. A config.json one override ahead of its checkpoint (killed before the
+        first checkpoint of the resumed work) is what ran. Checkpoints without a record are not checked."""
+        if record is None or self.stored is None or record == self.stored:
+            return
+        if record == _without_last_change(self.stored):
+            return
+        diff = {k: (record.get(k, "<not recorded>"), self.stored.get(k, "<not recorded>"))
+                for k in sorted(self.stored.keys() | record.keys()) if record.get(k) != self.stored.get(k)}
+        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in diff.items())[:300]
+        raise SpikeSearchError(f"{self.path / 'config.json'} is not what {source} records as run ({listed}): it was "
+                               "edited after the run wrote it; restore it, or start a new run")
 
     def file(self, name: str) -> Path:
         return self._out / name
@@ -300,22 +444,30 @@ class Run:
             raise SpikeSearchError(f"cannot create {path}: {_why(e)}") from None
         return path
 
-    def log(self, msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}\n"
+    def _write_log(self, line: bytes) -> None:
         try:
-            os.write(self._log, line.encode())
+            os.write(self._log, line)
         except OSError as e:
             raise SpikeSearchError(f"cannot write {self._out / 'log.txt'}: {_why(e)}") from None
+
+    def log(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}\n".encode(errors="backslashreplace")
+        if self._started:
+            self._write_log(line)
+        else:
+            self._pending_log.append(line)
         if not self.quiet:
             print(msg, file=sys.stdout, flush=True)
 
     def save_json(self, name: str, obj: Any) -> Path:
+        self.started()  # a result written means the work has begun
         path = self.file(name)
         atomic_write_bytes(path, dump_json(obj))
         return path
 
     def save_csv(self, name: str, header: list[str], rows) -> bytes:
         """Write a CSV atomically; returns its bytes for callers that also copy it elsewhere."""
+        self.started()
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(header)
@@ -350,7 +502,9 @@ class Run:
 @dataclasses.dataclass(frozen=True)
 class RunRequest:
     """A command's run folder before it is opened: ``check()`` early (read-only, before slow work), ``open()``
-    once the inputs have been validated (``config.json`` is written then, never before)."""
+    once the inputs have been validated (``config.json`` is written then, never before). ``overridable``: the
+    settings a resume of this command can re-plan (the rest are refused); ``resumable``: whether it has
+    ``--resume`` at all."""
 
     name: str
     root: str | Path
@@ -359,22 +513,59 @@ class RunRequest:
     overwrite: bool = False
     overrides: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
+    resumable: bool = True
+    overridable: tuple[str, ...] = ()
 
     @classmethod
-    def from_args(cls, a, name: str, root: str | Path, inputs: Iterable[str | Path | None] = (), **extra: Any) -> "RunRequest":
+    def from_args(cls, a, name: str, root: str | Path, inputs: Iterable[str | Path | None] = (),
+                  overridable: Iterable[str] = (), **extra: Any) -> "RunRequest":
         """From parsed arguments (after defaults are resolved): ``--resume``, ``--overwrite``, ``--override``."""
         return cls(name, root, config_of(a, **extra), bool(getattr(a, "resume", False)), bool(getattr(a, "overwrite", False)),
-                   tuple(getattr(a, "override", None) or ()), tuple(str(i) for i in inputs if i))
+                   tuple(getattr(a, "override", None) or ()), tuple(str(i) for i in inputs if i), hasattr(a, "resume"),
+                   tuple(overridable))
+
+    def _rules(self) -> dict:
+        return dict(resumable=self.resumable, overridable=self.overridable)
 
     def check(self) -> Path:
         path = run_path(self.name, self.root)
         if distributed.is_main():  # only rank 0 writes the folder; the others would see its run appear
-            check_run(path, self.config, self.resume, self.overwrite, self.overrides, self.inputs)
+            check_run(path, self.config, self.resume, self.overwrite, self.overrides, self.inputs, **self._rules())
         return path
 
     def open(self, quiet: bool = False) -> Run:
         return Run(self.name, self.root, quiet, config=self.config, resume=self.resume, overwrite=self.overwrite,
-                   overrides=self.overrides, inputs=self.inputs)
+                   overrides=self.overrides, inputs=self.inputs, **self._rules())
+
+
+def check_output(path: str | Path, flag: str, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
+    """An output file a command writes outside its run folder (``export -o``, ``convert --results-file``),
+    checked before any work: its folder exists; it is not a directory or a symlink (the file behind it would
+    be replaced), not a file the command reads or one inside a folder it reads, and not inside any run folder
+    (those files are the run's record), whatever ``overwrite`` says; an existing file is replaced only with
+    ``overwrite``. Write it with ``atomic_write_bytes``: a failed write leaves no partial file."""
+    path = Path(path)
+    if not str(path):
+        raise SpikeSearchError(f"{flag} is empty: give the file to write")
+    if path.is_symlink():
+        raise SpikeSearchError(f"{flag} {path} is a symbolic link: refused (the file it points to would be replaced)")
+    if path.exists() and not path.is_file():
+        raise SpikeSearchError(f"{flag} {path} is not a file")
+    if not path.parent.is_dir():
+        raise SpikeSearchError(f"{flag} {path}: folder {path.parent} does not exist")
+    real = path.resolve()
+    run = next((d for d in real.parents if is_run_folder(d)), None)
+    if run is not None:
+        raise SpikeSearchError(f"{flag} {path} is inside the run folder {run}, whose files record what ran: "
+                               "write it elsewhere")
+    for item in filter(None, inputs):
+        source = Path(item).resolve()
+        if real == source or source in real.parents:
+            how = "would replace" if real == source else "is inside"
+            raise SpikeSearchError(f"{flag} {path} {how} {item}, which this command reads: write it elsewhere")
+    if path.exists() and not overwrite:
+        raise SpikeSearchError(f"{flag} {path} exists: --overwrite replaces it")
+    return path
 
 
 def _alive() -> list[Run]:

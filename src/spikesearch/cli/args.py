@@ -7,6 +7,9 @@ import math
 import re
 
 SEED_MAX = 2**32 - 1  # numpy's seed range
+# a converted SNN's simulation length: Lu & Sengupta reach the ANN's accuracy in 100-200 steps; each step
+# costs a full forward pass over the test set, so a billion is a typo, not an experiment
+TIME_MAX = 10_000
 # the keyword that takes --tau, per neuron that has one
 TAU_ARGUMENT = {"lif": "tau", "plif": "init_tau"}
 SCHEDULER_HELP = ("the same in every command: cosine to lr/100; step = lr/10 at 50%% and 75%% of the epochs "
@@ -48,6 +51,7 @@ positive_float = _checked(float, lambda v: v > 0, "must be > 0")
 nonneg_float = _checked(float, lambda v: v >= 0, "must be >= 0")
 fraction = _checked(float, lambda v: 0 <= v <= 1, "must be in [0, 1]")
 percentile = _checked(float, lambda v: 0 < v <= 100, "a percentile is in (0, 100]")
+timesteps = _checked(int, lambda v: 0 < v <= TIME_MAX, f"must be in 1..{TIME_MAX} timesteps")
 tau = _checked(float, lambda v: v > 1, "a time constant must be > 1 (1/tau is a decay fraction)")
 
 

@@ -15,11 +15,11 @@ from ..core.errors import SpikeSearchError
 from ..data.events import SPLITS
 from ..data.loader import BatchLoader
 from ..measure.plots import plot_accuracy_vs_timestep, plot_spike_report
-from ..runs import RunRequest, atomic_write_bytes, split_job_dir
+from ..runs import RunRequest, atomic_write_bytes, check_output, split_job_dir
 from ..train.checkpoint import load_checkpoint, load_model_weights
 from ..train.pipeline import make_loaders, train_and_report
 from ..train.setup import pick_device, seed_everything
-from ..train.trainer import TrainConfig, evaluate
+from ..train.trainer import TrainConfig, evaluate, overridable
 from . import args as arg
 
 # Lu & Sengupta's README recipes (CIFAR-100), and a short one for the bundled data.
@@ -42,7 +42,8 @@ def cmd_train_ann(a: argparse.Namespace) -> dict:
             params[key] = flag
     cfg = TrainConfig(seed=a.seed, progress=not a.quiet, **params)
     cfg.validate()
-    request = RunRequest.from_args(a, *split_job_dir(a.job_dir), recipe=recipe)
+    request = RunRequest.from_args(a, *split_job_dir(a.job_dir), overridable=overridable({k: k for k in ("epochs", "lr", "batch_size")}),
+                                   recipe=recipe)
     request.check()
     loaders = make_loaders(a.dataset, a.data_dir, cfg.batch_size, device, a.seed, a.train_subset, a.test_subset,
                            frames=a.frames, split_by=a.event_split, val_fraction=a.val_fraction)
@@ -97,12 +98,12 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     device = pick_device("cuda" if a.gpu else "cpu")
     seed_everything(a.seed)
     request = RunRequest.from_args(a, *split_job_dir(a.job_dir), inputs=[a.model])
-    request.check()
+    folder = request.check()
+    if a.results_file:
+        check_output(a.results_file, "--results-file", a.overwrite, [a.model, a.data, folder])
     train, _, test, info = make_loaders(a.dataset, a.data, a.batch_size, device, a.seed, None, a.eval_size,
                                         eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
     ann = load_vgg(a.model, a, info).to(device).eval()
-    if a.results_file and not Path(a.results_file).parent.is_dir():
-        raise SpikeSearchError(f"--results-file {a.results_file}: folder {Path(a.results_file).parent} does not exist")
     cfg = ConvertConfig(a.percentile, a.channel_wise, a.v_init, a.method, a.presim, a.calib_timesteps, a.calib_images)
     method = resolve_method(cfg, ann.cfg.activation == "qcfs")
     if method == "srp" and not a.one_step:
@@ -180,7 +181,7 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results-file", "--results_file", dest="results_file", default=None,
                    help="also write the accuracy-per-timestep CSV here")
     p.add_argument("--seed", type=arg.seed, default=0)
-    p.add_argument("--time", type=arg.positive_int, default=80, help="timesteps to simulate")
+    p.add_argument("--time", type=arg.timesteps, default=80, help=f"timesteps to simulate (at most {arg.TIME_MAX})")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=arg.positive_int, default=100)
     p.add_argument("--n-workers", "--n_workers", dest="n_workers", type=arg.nonneg_int, default=0,
                    help="accepted for compatibility; in-memory data needs no workers")

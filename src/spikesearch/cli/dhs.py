@@ -21,7 +21,7 @@ from ..runs import Run, RunRequest, atomic_write_bytes
 from ..train.checkpoint import load_checkpoint, load_model_weights
 from ..train.pipeline import make_loaders, train_and_report
 from ..train.setup import pick_device, seed_everything
-from ..train.trainer import TrainConfig
+from ..train.trainer import TrainConfig, overridable
 from . import args as arg
 
 # Search and retrain settings. "paper" is SpikeDHS's CIFAR recipe (8 layers x 4 levels, T=6, 50 search
@@ -37,6 +37,9 @@ PRESETS = {
               "optimizer": "adam", "train_lr": 3e-3, "weight_decay": 0.0},
 }
 SMALL_DATASETS = ("fmnist-small",)
+# dhs train's flags a resume re-plans (flag -> TrainConfig field); dhs search re-plans none
+TRAIN_OVERRIDES = overridable({"train_epochs": "epochs", "train_lr": "lr", "optimizer": "optimizer",
+                               "weight_decay": "weight_decay", "train_batch_size": "batch_size"})
 
 
 def fill_preset(a: argparse.Namespace) -> None:
@@ -99,10 +102,13 @@ def cmd_search(a: argparse.Namespace) -> dict:
 
 def load_search(path: str | Path, device: torch.device) -> DHSNet:
     ckpt = load_checkpoint(Path(path) / "search.pt" if Path(path).is_dir() else path, device)
-    cfg_d = ckpt["config"]
+    cfg_d, shape = ckpt.get("config"), ckpt.get("shape")
+    if not isinstance(cfg_d, dict) or "ops" not in cfg_d or not isinstance(shape, list) or len(shape) != 3:
+        raise SpikeSearchError(f"{path} is not a dhs search result (search.pt with the search space and input shape): "
+                               "give a 'dhs search' run folder")
     cfg = DHSConfig(**{f.name: cfg_d[f.name] for f in fields(DHSConfig) if f.name in cfg_d})
     cfg.ops, cfg.taus = tuple(cfg.ops), tuple(cfg.taus)
-    model = DHSNet(cfg, *ckpt["shape"]).to(device)
+    model = DHSNet(cfg, *shape).to(device)
     load_model_weights(model, ckpt, str(path))
     return model
 
@@ -115,6 +121,7 @@ def cmd_derive(a: argparse.Namespace) -> dict:
         small = PRESETS["small"]
         cfg = DHSConfig(layers=a.layers or small["layers"], levels=a.levels or small["levels"], ops=tuple(a.ops.split(",")),
                         top_k=a.top_k, stem_stride=a.stem_stride or small["stem_stride"])
+        cfg.validate()
         g = random_genotype(cfg.ops, cfg.steps, cfg.layers, cfg.levels, rng, cfg.top_k)
         g.info["seed"] = a.seed
         title = f"random genotype (seed {a.seed})"
@@ -148,7 +155,7 @@ def cmd_train(a: argparse.Namespace) -> dict:
         a.stem_stride = saved["stem_stride"]
     fill_preset(a)
     device = pick_device(a.device)
-    request = RunRequest.from_args(a, a.name, a.runs_dir, inputs=[a.genotype])
+    request = RunRequest.from_args(a, a.name, a.runs_dir, inputs=[a.genotype], overridable=TRAIN_OVERRIDES)
     request.check()
     seed_everything(a.seed)
     cfg = DHSConfig(levels=saved.get("levels", max(g.path) + 1), mix=saved.get("mix", "membrane"), stem_stride=a.stem_stride,
@@ -158,8 +165,14 @@ def cmd_train(a: argparse.Namespace) -> dict:
     info = loaders.info
     model = DHSNet(cfg, info.channels, info.num_classes, info.size, genotype=g).to(device)
     run = request.open()  # only after the inputs checked out: a failed command writes nothing
-    g.save(run.file("genotype.json"))
-    plot_genotype(g, cfg.levels, run.file("genotype.png"), f"genotype {a.genotype}")
+    kept = run.file("genotype.json")
+    if run.resumed and kept.is_file():  # the run's copy is what it trained; a resume writes nothing before its state
+        if Genotype.load(kept).to_json() != g.to_json():
+            raise SpikeSearchError(f"--genotype {a.genotype} is no longer the genotype {run.path} trains ({kept}): "
+                                   "a resume continues the same network; start a new run")
+    else:
+        g.save(kept)
+        plot_genotype(g, cfg.levels, run.file("genotype.png"), f"genotype {a.genotype}")
     tcfg = TrainConfig(epochs=a.train_epochs, batch_size=a.train_batch_size, optimizer=a.optimizer, lr=a.train_lr,
                        weight_decay=a.weight_decay, seed=a.seed, progress=not a.quiet)
     result = {"genotype": genotype_summary(g), "channels": cfg.channels, "timesteps": cfg.timesteps}

@@ -4,6 +4,7 @@ write it as NIR."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import torch
 
 from ..core.errors import SpikeSearchError
 from ..data.datasets import DATASETS
-from ..export.to_nir import write_nir
+from ..export.to_nir import nir_module, to_nir
+from ..runs import atomic_write_bytes, check_output
 from ..train.checkpoint import load_checkpoint, load_model_weights
 
 FORMATS = ("nir",)
@@ -32,9 +34,12 @@ def run_folder(path: Path) -> Path:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise SpikeSearchError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise SpikeSearchError(f"{path} is not a JSON object")
+    return data
 
 
 def _weights(model: torch.nn.Module, folder: Path, checkpoint: Path | None) -> torch.nn.Module:
@@ -45,7 +50,14 @@ def _weights(model: torch.nn.Module, folder: Path, checkpoint: Path | None) -> t
 
 def rebuild(path: str | Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     """The trained or converted network behind a run folder (or one of its checkpoints), and its input shape."""
-    path = Path(path)
+    try:
+        return _rebuild(Path(path))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a config.json edited by hand
+        raise SpikeSearchError(f"{path}: config.json does not describe a run this version wrote "
+                               f"({type(e).__name__}: {e})"[:300]) from None
+
+
+def _rebuild(path: Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     folder = run_folder(path)
     checkpoint = path if path.is_file() else None
     cfg = _read_json(folder / "config.json")
@@ -107,16 +119,21 @@ def _reconvert(cfg: dict) -> torch.nn.Module:
     return snn.eval()
 
 
+def _inputs(source: Path) -> list:
+    """What an export reads: the run folder or checkpoint, and for a convert run its ANN file and data."""
+    cfg = _read_json(run_folder(source) / "config.json")
+    return [source, *(cfg.get(k) for k in ("model", "data") if cfg.get("command") == "convert" and isinstance(cfg.get(k), str))]
+
+
 def cmd_export(a: argparse.Namespace) -> dict:
-    model, shape = rebuild(a.source)
-    out = Path(a.output)
-    if out.exists() and not a.overwrite:
-        raise SpikeSearchError(f"{out} exists: --overwrite replaces it")
-    if not out.parent.is_dir():
-        raise SpikeSearchError(f"-o {out}: folder {out.parent} does not exist")
-    path = write_nir(model, out, shape)
-    print(f"wrote {path} ({type(model).__name__}, input {shape[0]}x{shape[1]}x{shape[2]})")
-    return {"nir": str(path)}
+    source = Path(a.source)
+    out = check_output(a.output, "-o", a.overwrite, _inputs(source))  # before the (re)build: a refusal costs nothing
+    model, shape = rebuild(source)
+    buf = io.BytesIO()  # the whole file in memory first: a full disk then fails our write, not h5py's
+    nir_module().write(buf, to_nir(model, shape))
+    atomic_write_bytes(out, buf.getvalue())
+    print(f"wrote {out} ({type(model).__name__}, input {shape[0]}x{shape[1]}x{shape[2]})")
+    return {"nir": str(out)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from ..data.events import SPLITS
 from ..runs import RunRequest
 from ..train.pipeline import make_loaders, train_and_report
 from ..train.setup import pick_device, seed_everything
-from ..train.trainer import SCHEDULERS, TrainConfig
+from ..train.trainer import SCHEDULERS, TrainConfig, overridable
 from . import args as arg
 from . import convert as convert_command
 from . import dhs as dhs_command
@@ -37,10 +37,14 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="event datasets (nmnist, dvsgesture, cifar10dvs): T frames of equal event count or equal duration")
 
 
+# the flags a resume re-plans (flag -> TrainConfig field); the others are refused by --override
+TRAIN_OVERRIDES = overridable({k: k for k in ("epochs", "lr", "optimizer", "scheduler", "weight_decay", "batch_size")})
+
+
 # --tau sets a LIF's fixed tau and a PLIF's initial tau; IF has none
 def cmd_train(a: argparse.Namespace) -> dict:
     device = pick_device(a.device)
-    request = RunRequest.from_args(a, a.name, a.runs_dir)
+    request = RunRequest.from_args(a, a.name, a.runs_dir, overridable=TRAIN_OVERRIDES)
     request.check()
     seed_everything(a.seed)
     loaders = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset,

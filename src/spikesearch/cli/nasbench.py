@@ -111,6 +111,7 @@ def cmd_proxies(a: argparse.Namespace) -> dict:
     batches = [b.to(device) for b in scoring_inputs(a.inputs, a.data_dir, a.batch, a.repeats, a.seed)]
     run = request.open()
     log = CsvLog(run.file("proxies.csv"), ["id", "test_acc", *names, "seconds"])
+    run.started()
     done = {int(r["id"]): {n: float(r[n]) for n in names} for r in log.rows}
     run.log(f"SpikeNAS-Bench {a.dataset}: {len(records)} trained architectures; scoring {len(ids)} ({len(done)} done) with "
             f"{', '.join(names)} on {a.inputs} inputs, {a.repeats} batches of {a.batch}, width {a.width:g}, T={a.timestep}")

@@ -20,7 +20,7 @@ from ..snasnet.space import PUBLISHED, check_matrix, describe, format_cnt_mat, p
 from ..train.checkpoint import load_checkpoint, load_model_weights
 from ..train.pipeline import make_loaders, report, train_and_report
 from ..train.setup import pick_device, seed_everything
-from ..train.trainer import SCHEDULERS, TrainConfig
+from ..train.trainer import SCHEDULERS, TrainConfig, overridable
 from . import args as arg
 
 # The paper's recipe (SGD 0.1, momentum 0.9, weight decay 5e-4, cosine to 0.001, 300 epochs) is the
@@ -45,6 +45,13 @@ def fill_recipe(a: argparse.Namespace) -> None:
     for k, v in (*SHORT_RECIPES.get(a.dataset, PAPER_RECIPE).items(), *SCORES[a.score].items()):
         if getattr(a, k) is None:
             setattr(a, k, v)
+
+
+# the training flags a resume re-plans (flag -> TrainConfig field, see train_config); the cell, the search
+# and its score are refused: the cell the run trains, and the rows it ranked, depend on them
+OVERRIDES = overridable({"epochs": "epochs", "learning_rate": "lr", "optimizer": "optimizer", "scheduler": "scheduler",
+                         "weight_decay": "weight_decay", "momentum": "momentum", "val_interval": "eval_interval",
+                         "batch_size": "batch_size"})
 
 
 def train_config(a: argparse.Namespace) -> TrainConfig:
@@ -88,7 +95,7 @@ def run_snasnet(a: argparse.Namespace) -> dict:
     device = pick_device(a.device)
     seed_everything(a.seed)
     fill_recipe(a)
-    request = RunRequest.from_args(a, a.exp_name, a.runs_dir, inputs=[a.savemodel_pth])
+    request = RunRequest.from_args(a, a.exp_name, a.runs_dir, inputs=[a.savemodel_pth], overridable=OVERRIDES)
     request.check()
     macro = macro_config(a.dataset, second_avgpooling=a.second_avgpooling)
     make_surrogate(a.surrogate)  # a bad name fails here, before anything is written
@@ -123,6 +130,8 @@ def run_snasnet(a: argparse.Namespace) -> dict:
         run.log(f"searching {a.num_search} {a.celltype} candidates ({a.strategy}) on {a.dataset}, "
                 f"{score_cfg.repeats} fixed batches of {score_cfg.batch_size}"
                 + (f", {a.workers} {pool.backend} workers" if pool else ""))
+        if not (run.path / "checkpoints" / "last.pt").is_file():
+            run.started()  # the search is what resumes; once training has a checkpoint, Trainer.resume restores it
         t0 = time.perf_counter()
         history = run_search(build, batches, cfg, run.file("search.csv"), progress=not a.quiet, pool=pool, note=run.log)
         wall = time.perf_counter() - t0  # with workers, candidates overlap: throughput is per wall-clock second
@@ -137,20 +146,15 @@ def run_snasnet(a: argparse.Namespace) -> dict:
         run.log(f"best cell: --cnt_mat {ranked[0].cnt_mat} (score {ranked[0].score:.3f}); "
                 f"{len(history) / max(wall, 1e-9):.2f} candidates/s")
     result["cnt_mat"] = format_cnt_mat(mat)
-    plot_cell(mat, run.file("cell.png"), f"{a.celltype} cell  --cnt_mat {format_cnt_mat(mat)}")
-    if a.search_only:
-        run.save_json("results.json", result)
-        return result
-
     title = f"SNASNet {format_cnt_mat(mat)} ({a.celltype}) on {a.dataset}"
     if model is not None:
         result.update(report(model, test, run, a.timestep, title))
-        run.save_json("results.json", result)
-        return result
-    seed_everything(a.seed)
-    model = build(mat)
-    tcfg = train_config(a)
-    result.update(train_and_report(model, loaders, tcfg, run, a.timestep, title, resume=run.resumed))
+    elif not a.search_only:
+        seed_everything(a.seed)
+        model = build(mat)
+        result.update(train_and_report(model, loaders, train_config(a), run, a.timestep, title, resume=run.resumed))
+    # after the work: a resumed run writes nothing before its checkpoint is restored (Run.started)
+    plot_cell(mat, run.file("cell.png"), f"{a.celltype} cell  --cnt_mat {format_cnt_mat(mat)}")
     run.save_json("results.json", result)
     return result
 

@@ -182,7 +182,8 @@ def load_cifar_pickle(path: Path) -> dict:
         raise SpikeSearchError(f"{path}: not a CIFAR python batch ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(d, dict):
         raise SpikeSearchError(f"{path}: not a CIFAR python batch (top level is {type(d).__name__}, not dict)")
-    return d
+    # pickled by Python 3 from bytes (b'data', b'labels'), as CIFAR's own Python 2 files read without latin1
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
 
 
 def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -209,9 +210,13 @@ def _read_cifar(root: Path | None, info: DatasetInfo):
     base = root / folder if root is not None and (root / folder).is_dir() else root
     if base is None or not all((base / f).is_file() for f in splits[0] + splits[1]):
         raise _missing(info, root, "CIFAR python batches not found")
-    classes = list(load_cifar_pickle(base / meta).get(names_key, [])) if (base / meta).is_file() else []
-    if classes and (len(classes) != info.num_classes or not all(isinstance(c, str) for c in classes)):
-        raise SpikeSearchError(f"{base / meta}: {names_key!r} must list {info.num_classes} class names")
+    classes = load_cifar_pickle(base / meta).get(names_key, []) if (base / meta).is_file() else []
+    if isinstance(classes, (list, tuple)):
+        classes = [c.decode("latin1") if isinstance(c, bytes) else c for c in classes]
+    if not isinstance(classes, list) or (classes and (len(classes) != info.num_classes
+                                                      or not all(isinstance(c, str) for c in classes))):
+        raise SpikeSearchError(f"{base / meta}: {names_key!r} must list {info.num_classes} class names, got "
+                               f"{type(classes).__name__} {str(classes)[:60]}")
     out = []
     for files in splits:
         xs, ys = zip(*(_cifar_batch(base / f, label_key) for f in files))

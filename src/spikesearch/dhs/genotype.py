@@ -73,6 +73,9 @@ class Genotype:
                 if not 0 <= s < i + 2:
                     raise SpikeSearchError(f"genotype node {i}: source {s} is not an earlier state (0..{i + 1})")
                 EDGE_OPS.get(o)
+            if all(o == "none" for _, o in node):
+                raise SpikeSearchError(f"genotype node {i} has only 'none' edges: it would always output zero "
+                                       "(a search never derives that)")
         check_path(self.path)
         if self.nodes and (len(self.nodes) != len(self.path) or any(len(n) != self.steps for n in self.nodes)):
             raise SpikeSearchError(f"genotype nodes must list {self.steps} neurons for each of the {len(self.path)} layers")

@@ -59,6 +59,8 @@ class DHSConfig:
             raise SpikeSearchError(f"mix must be one of {MIX_MODES}, got {self.mix!r}")
         for o in self.ops:
             EDGE_OPS.get(o)
+        if all(o == "none" for o in self.ops):
+            raise SpikeSearchError(f"ops {','.join(self.ops)}: a genotype needs an op other than 'none' (no edge would carry a signal)")
         if any(t <= 1 for t in self.taus):
             raise SpikeSearchError(f"TPS taus must all be > 1, got {self.taus}")
         if not self.search_cell and len(self.fixed_cell) != self.steps:

@@ -176,18 +176,20 @@ def dgs_during_training(model: DHSNet, every: int, steps: int):
     return hook
 
 
-def _save_state(path: Path, epoch: int, model: DHSNet, opts: dict, loaders: dict, history: list[dict]) -> None:
+def _save_state(path: Path, epoch: int, model: DHSNet, opts: dict, loaders: dict, history: list[dict], run: Run) -> None:
     """Everything the next epoch depends on: weights and architecture parameters (each DGS ``b`` is in the
     state dict as extra state), the optimisers and schedule, the loaders' generators and every RNG."""
     buf = io.BytesIO()
     torch.save({"epoch": epoch, "model": model.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in opts.items() if o is not None},
-                "loaders": {k: v.state_dict() for k, v in loaders.items()}, "rng": rng_state(), "history": history}, buf)
+                "loaders": {k: v.state_dict() for k, v in loaders.items()}, "rng": rng_state(), "history": history,
+                "run": run.config}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_state(path: Path, model: DHSNet, opts: dict, loaders: dict) -> tuple[int, list[dict]]:
+def _load_state(path: Path, model: DHSNet, opts: dict, loaders: dict, run: Run) -> tuple[int, list[dict]]:
     ck = load_checkpoint(path)
+    run.check_record(ck.get("run"), path)
     with resumable(path):
         model.load_state_dict(ck["model"])
         for k, o in opts.items():
@@ -220,9 +222,11 @@ def run_search(model: DHSNet, data: ImageSet, augment: Augment, cfg: SearchConfi
     state_path = run.dir("checkpoints") / "last.pt"
     start, history = 0, [{"epoch": 0, **snapshot(model)}]
     if resume and state_path.exists():
-        start, history = _load_state(state_path, model, opts, loaders)
+        start, history = _load_state(state_path, model, opts, loaders, run)
+        run.started()
         run.log(f"resumed the search from {state_path} after epoch {start}")
     elif resume:
+        run.started()
         run.log(f"resume: no checkpoint yet ({state_path}): starting at epoch 1")
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -263,7 +267,7 @@ def run_search(model: DHSNet, data: ImageSet, augment: Augment, cfg: SearchConfi
         row = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()},
                "arch_steps": search_arch, "seconds": time.perf_counter() - t0, **snapshot(model)}
         history.append(row)
-        _save_state(state_path, epoch, model, opts, loaders, history)
+        _save_state(state_path, epoch, model, opts, loaders, history, run)
         run.save_json("search_history.json", history)
         bs = sorted({round(b, 2) for b in row["b"].values()})
         run.log(f"search epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.3f} acc {100 * row['train_acc']:.1f}%, "

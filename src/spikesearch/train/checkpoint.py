@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +41,23 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        why = next(iter(str(e).splitlines()), "") or type(e).__name__
-        raise SpikeSearchError(f"cannot load checkpoint {path}: {why}") from None
+        raise SpikeSearchError(f"cannot load checkpoint {path}: {_load_error(e)}") from None
     if not isinstance(ck, dict):
         raise SpikeSearchError(f"{path} is not a checkpoint: it holds a {type(ck).__name__}, not a dict of tensors")
     return ck
+
+
+def _load_error(e: Exception) -> str:
+    """torch's reason without its advice: it suggests ``weights_only=False``, which would run whatever code a
+    hostile file holds, and is wrong for a file that is no checkpoint at all (a NIR/HDF5 file, a text file)."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            return (f"it holds a Python object ({found.group(1)}), not only tensors and plain containers; such files "
+                    "are never loaded, since loading them could run code")
+        return "it is not a PyTorch checkpoint of tensors and plain containers (saved with torch.save)"
+    return next(iter(text.splitlines()), "") or type(e).__name__
 
 
 @contextlib.contextmanager
@@ -74,4 +88,9 @@ def load_model_weights(model: nn.Module, state: dict, source: str) -> None:
             if items:
                 parts.append(f"{label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}")
         raise SpikeSearchError(f"{source} does not match this architecture; " + "; ".join(parts))
+    broken = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+              and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise SpikeSearchError(f"{source} holds NaN or infinite values in {', '.join(broken[:4])}"
+                               f"{' ...' if len(broken) > 4 else ''}: a network with them computes nothing meaningful")
     model.load_state_dict(state)

@@ -7,6 +7,7 @@ import io
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -69,6 +70,23 @@ SCHEDULERS.add("step", lambda o, c: torch.optim.lr_scheduler.MultiStepLR(
 SCHEDULERS.add("periodic", lambda o, c: torch.optim.lr_scheduler.StepLR(o, step_size=c.step_size, gamma=c.gamma))
 SCHEDULERS.add("none", lambda o, c: torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0))
 
+# The settings a resume re-plans (TrainConfig fields), so a command may let ``--override`` change them:
+# the optimiser's settings come from the new config (its accumulated state, momentum or Adam moments, is
+# kept when the optimiser type is the same and starts fresh when it changes); the LR schedule is rebuilt
+# for the new settings and stepped to the current epoch, as an uninterrupted run with them would stand;
+# batch size and evaluation interval apply from the next epoch. Anything else (model, data, seed) fixes the
+# weights already trained and is refused.
+REPLANNED = ("epochs", "lr", "optimizer", "scheduler", "weight_decay", "momentum", "batch_size", "eval_interval",
+             "milestones", "step_size", "gamma", "eta_min_ratio", "weight_decay_epochs")
+
+
+def overridable(names: dict[str, str]) -> tuple[str, ...]:
+    """A command's settings (``{flag key: TrainConfig field}``) that a resume re-plans."""
+    unknown = [f for f in names.values() if f not in REPLANNED]
+    if unknown:
+        raise ValueError(f"not re-planned on resume: {unknown}")
+    return tuple(names)
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = False) -> tuple[float, float]:
@@ -120,7 +138,8 @@ class Trainer:
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": rng_state(), "loader": self.train_loader.state_dict(), "history": self.history,
-                "best_acc": self.best_acc, "best_epoch": self.best_epoch, "config": asdict(self.cfg)}
+                "best_acc": self.best_acc, "best_epoch": self.best_epoch, "config": asdict(self.cfg),
+                "run": self.run.config}
 
     def save(self, epoch: int, is_best: bool) -> None:
         """``best.pt`` before ``last.pt``: if either write fails, the previous ``last.pt`` (which a resume
@@ -132,22 +151,51 @@ class Trainer:
         atomic_write_bytes(self.ckpt_dir / "last.pt", buf.getvalue())
 
     def resume(self) -> bool:
+        """Restore ``checkpoints/last.pt`` and re-plan what depends on settings the resume changed (see
+        ``REPLANNED``); nothing is written to the run folder until this has succeeded (``Run.started``)."""
         path = self.resume_path
         if not path.exists():
+            self.run.started()
             self.run.log(f"resume: no checkpoint yet ({path}): starting at epoch 1")
             return False
         ck = load_checkpoint(path)  # on the CPU: RNG states must stay CPU tensors; weights are copied over
+        self.run.check_record(ck.get("run"), path)
         load_model_weights(self.model, ck, str(path))
         with resumable(path):
-            self.optimizer.load_state_dict(ck["optimizer"])
-            self.scheduler.load_state_dict(ck["scheduler"])
+            ran, done = dict(ck["config"]), int(ck["epoch"]) + 1
+            if self.cfg.epochs < done:
+                raise SpikeSearchError(f"{path} has already trained {done} epochs: a resume needs at least that many "
+                                       f"(got epochs {self.cfg.epochs})")
+            changed = {k: (ran[k], v) for k, v in asdict(self.cfg).items() if k in ran and k != "progress" and ran[k] != v}
+            ours = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+            if ran["optimizer"] == self.cfg.optimizer:
+                self.optimizer.load_state_dict(ck["optimizer"])
+                for group, settings in zip(self.optimizer.param_groups, ours):
+                    group.update(settings)  # the state is the checkpoint's, the settings this run's
+            self._plan_schedule(done)
             self.scaler.load_state_dict(ck["scaler"])
             set_rng_state(ck["rng"])
             self.train_loader.load_state_dict(ck["loader"])
-            self.history, self.best_acc, self.start_epoch = list(ck["history"]), float(ck["best_acc"]), int(ck["epoch"]) + 1
+            self.history, self.best_acc, self.start_epoch = list(ck["history"]), float(ck["best_acc"]), done
             self.best_epoch = ck["best_epoch"]
-        self.run.log(f"resumed from {path} after epoch {ck['epoch'] + 1}")
+        self.run.started()
+        self.run.log(f"resumed from {path} after epoch {done}")
+        if changed:
+            fresh = " (its state starts fresh)" if "optimizer" in changed else ""
+            self.run.log("re-planned for " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                         + f"{fresh}: learning rate {self.optimizer.param_groups[0]['lr']:.4g} at epoch {done + 1}")
         return True
+
+    def _plan_schedule(self, epoch: int) -> None:
+        """The LR schedule of an uninterrupted run with this config after ``epoch`` epochs: built afresh
+        for any registered scheduler and stepped that far (the same arithmetic as the run's own steps)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = self.cfg.lr
+        self.scheduler = SCHEDULERS.get(self.cfg.scheduler)(self.optimizer, self.cfg)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns of a scheduler step before any optimiser step
+            for _ in range(epoch):
+                self.scheduler.step()
 
     # --- loop --------------------------------------------------------------------------------------
     def _apply_weight_decay_schedule(self, epoch: int) -> None:
