@@ -67,7 +67,7 @@ def test_reader_checks_layout_and_lines(clone, tmp_path):
 def test_proxies_and_search_commands(clone, tmp_path, capsys, monkeypatch):
     runs = tmp_path / "runs"
     argv = ["nasbench", "proxies", "--bench_dir", str(clone), "--sample", "8", "--width", "0.0625", "--batch", "8",
-            "--repeats", "1", "--timestep", "2", "--inputs", "noise", "--runs_dir", str(runs), "--quiet"]
+            "--repeats", "2", "--timestep", "2", "--inputs", "noise", "--runs_dir", str(runs), "--quiet"]
     assert main(argv) == 0
     res = json.loads((runs / "nasbench-proxies/results.json").read_text())
     for name in ("sahd", "sahd-sum", "naswot", "sahd-last", "firing", "params", "rank-ensemble"):
