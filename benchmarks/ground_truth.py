@@ -34,7 +34,8 @@ from spikesearch.cli.main import build_parser
 from spikesearch.cli.nasbench import evaluate_proxy, finite
 from spikesearch.cli.snasnet import fill_recipe, score_config, scoring_batches
 from spikesearch.measure.stats import kendall_tau_b
-from spikesearch.nasbench.proxies import ENSEMBLES, PROXIES, ensemble, proxies, seeded
+from spikesearch.nasbench.proxies import ENSEMBLES, proxies
+from spikesearch.proxies import combine, per_model_scores, seeded
 from spikesearch.snasnet.network import macro_config
 from spikesearch.snasnet.parallel import SNASNetBuilder
 from spikesearch.snasnet.space import format_cnt_mat, parse_cnt_mat, sample_matrix
@@ -85,10 +86,10 @@ def main() -> None:
     batches = scoring_batches(train, score_config(args), args.seed)
     build = SNASNetBuilder("backward", macro_config(args.dataset), args.timestep, args.tau, args.threshold,
                            args.surrogate, str(device))
-    scores = [proxies(seeded(lambda: build(parse_cnt_mat(cell)), a.seed, cell),
-                      batches) for cell in cells]
-    table = {p: np.array([s[p] for s in scores]) for p in PROXIES}
-    table.update({name: ensemble(table, members) for name, members in ENSEMBLES.items()})
+    names = tuple(per_model_scores(labels=False))  # the scoring batches come without labels here
+    scores = [proxies(seeded(lambda: build(parse_cnt_mat(cell)), a.seed, cell), batches, names) for cell in cells]
+    table = {p: np.array([s[p] for s in scores]) for p in names}
+    table.update({name: combine(name, table) for name in ENSEMBLES})
     # structure, not a zero-cost proxy: what the proxies are measured against (docs/snasnet.md)
     backward = np.array([np.count_nonzero(np.tril(parse_cnt_mat(c), -1)) for c in cells])
     table["fewer backward edges"] = -backward

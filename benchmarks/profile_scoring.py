@@ -18,12 +18,7 @@ from spikesearch.data.datasets import load_dataset
 from spikesearch.data.loader import Augment
 from spikesearch.snasnet.network import macro_config
 from spikesearch.snasnet.parallel import SNASNetBuilder
-from spikesearch.snasnet.score import (
-    KernelHooks,
-    ScoreConfig,
-    score_model,
-    scoring_layout,
-)
+from spikesearch.proxies import ScoreConfig, SpikeRecorder, score_model, scoring_layout
 from spikesearch.snasnet.space import parse_cnt_mat
 
 
@@ -58,11 +53,10 @@ def main() -> None:
     def forward(hooked: bool) -> None:
         with scoring_layout(net, batches[:1]) as (x,):  # as score_model runs it
             reset(net)
-            hooks = KernelHooks(net, cfg) if hooked else None
+            hooks = SpikeRecorder(net) if hooked else None
             net(x)
             if hooks is not None:
-                hooks.remove()
-                hooks.result()
+                hooks.remove().kernel(cfg.kernel)
 
     print(f"{a.device}, batch {a.batch}, cell {' '.join(a.cnt_mat)}; ms per call, mean of {a.repeats}:")
     print(f"  build the model            {ms(lambda: build(mat)):8.2f}")

@@ -28,7 +28,7 @@ from spikesearch.data.loader import Augment
 from spikesearch.measure.stats import kendall_tau_b, spearman, top_k_overlap
 from spikesearch.snasnet.network import macro_config
 from spikesearch.snasnet.parallel import SNASNetBuilder
-from spikesearch.snasnet.score import ScoreConfig
+from spikesearch.proxies import ScoreConfig
 from spikesearch.snasnet.search import SearchConfig, draw_random, score_candidate
 from spikesearch.snasnet.space import format_cnt_mat, parse_cnt_mat
 

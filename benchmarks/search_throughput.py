@@ -43,7 +43,7 @@ from spikesearch.data.loader import Augment
 from spikesearch.measure.stats import spearman
 from spikesearch.snasnet.network import SNASNet, macro_config
 from spikesearch.snasnet.parallel import SNASNetBuilder, WorkerPool
-from spikesearch.snasnet.score import ScoreConfig
+from spikesearch.proxies import ScoreConfig
 from spikesearch.snasnet.search import (
     Scorer,
     SearchConfig,

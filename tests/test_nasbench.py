@@ -4,11 +4,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from spikesearch import SpikeSearchError
 from spikesearch.cli.main import main
 from spikesearch.nasbench import bench
 from spikesearch.nasbench.bench import cell_of, id_of, parse_log, reaches_output
+from spikesearch.measure.stats import kendall_tau_b
 from spikesearch.nasbench.network import BenchNet
 
 
@@ -67,7 +69,7 @@ def test_reader_checks_layout_and_lines(clone, tmp_path):
 def test_proxies_and_search_commands(clone, tmp_path, capsys, monkeypatch):
     runs = tmp_path / "runs"
     argv = ["nasbench", "proxies", "--bench_dir", str(clone), "--sample", "8", "--width", "0.0625", "--batch", "8",
-            "--repeats", "1", "--timestep", "2", "--inputs", "noise", "--runs_dir", str(runs), "--quiet"]
+            "--repeats", "2", "--timestep", "2", "--inputs", "noise", "--runs_dir", str(runs), "--quiet"]
     assert main(argv) == 0
     res = json.loads((runs / "nasbench-proxies/results.json").read_text())
     for name in ("sahd", "sahd-sum", "naswot", "sahd-last", "firing", "params", "rank-ensemble"):
@@ -100,3 +102,54 @@ def test_proxies_and_search_commands(clone, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main([*search, "--proxy", "sahd", "--name", "s4"]) == 2
     assert "--scores" in capsys.readouterr().err
+
+
+def test_networks_are_built_as_the_benchmark_trained_them_per_dataset():
+    """Parameter counts its logs state: Tiny-ImageNet id 10938 (64 px, stride-2 stem, hidden 4096, 1000 outputs)
+    75,934,056; CIFAR-100 id 11594 (500 outputs) 22,017,908."""
+    assert sum(p.numel() for p in BenchNet(cell_of(10938), "tinyimagenet").parameters()) == 75_934_056
+    assert sum(p.numel() for p in BenchNet(cell_of(11594), "cifar100").parameters()) == 22_017_908
+    net = BenchNet(cell_of(12617), "tinyimagenet", timesteps=2, width=0.0625)
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 200)
+    with pytest.raises(SpikeSearchError, match="takes 64 px images"):
+        net(torch.randn(2, 3, 32, 32))
+    from spikesearch.cli.nasbench import scoring_inputs
+
+    for kind in ("noise", "fmnist"):
+        xs, ys = scoring_inputs(kind, None, 4, 2, 0, size=64, classes=200)
+        assert [x.shape for x in xs] == [(4, 3, 64, 64)] * 2 and all(y.shape == (4,) for y in ys)
+
+
+def test_ties_are_broken_at_random_never_by_sample_order():
+    """#params takes 7 values and the sample is in id order, which ranks accuracy: a tie broken by position
+    would credit the proxy with the id's information."""
+    from spikesearch.cli.nasbench import evaluate_proxy
+
+    score = np.array([5.0, 5, 5, 5, 1, 1, 1, 1, 1, 1])
+    acc = np.array([80.0, 81, 82, 90, 70, 71, 72, 73, 74, 75])
+    out = evaluate_proxy(score, acc, top=0.2)  # k = 2: the top two by accuracy are cells 3 and 2
+    assert out["pick_acc"] == pytest.approx(np.mean([80, 81, 82, 90]))  # any of the four tied at the top
+    assert out["top_precision"] == pytest.approx(0.5)  # each of the 4 tied cells is taken with probability 2/4
+    assert evaluate_proxy(score[::-1].copy(), acc[::-1].copy(), top=0.2) == out  # the order does not matter
+
+
+def test_bootstrap_intervals_are_paired_and_bracket_the_estimate():
+    from spikesearch.measure.stats import bootstrap, interval
+
+    rng = np.random.default_rng(0)
+    acc = rng.normal(size=200)
+    good, weak = acc + rng.normal(scale=0.5, size=200), acc + rng.normal(scale=3, size=200)
+    taus = {k: bootstrap(lambda i, v=v: kendall_tau_b(v[i], acc[i]), 200, 300, seed=1) for k, v in
+            (("good", good), ("weak", weak), ("again", good))}
+    lo, hi = interval(taus["good"])
+    assert lo < kendall_tau_b(good, acc) < hi and hi - lo < 0.2
+    assert interval(taus["good"] - taus["again"]) == (0.0, 0.0)  # the same resamples for every statistic
+    assert interval(taus["good"] - taus["weak"])[0] > 0
+
+
+def test_gradient_proxies_are_refused_with_one_batch_before_a_run_folder(clone, tmp_path, capsys):
+    argv = ["nasbench", "proxies", "--bench_dir", str(clone), "--sample", "4", "--repeats", "1", "--runs_dir",
+            str(tmp_path / "runs"), "--quiet"]
+    assert main(argv) == 2
+    assert "zico compare gradients across batches" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

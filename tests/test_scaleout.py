@@ -13,7 +13,7 @@ from spikesearch.cli.main import main
 from spikesearch.cli.snasnet import scoring_batches
 from spikesearch.snasnet.network import macro_config
 from spikesearch.snasnet.parallel import SNASNetBuilder, WorkerPool
-from spikesearch.snasnet.score import ScoreConfig
+from spikesearch.proxies import ScoreConfig
 from spikesearch.snasnet.search import SearchConfig, ranking, run_search
 from spikesearch.train.pipeline import make_loaders
 

@@ -22,7 +22,7 @@ from spikesearch.snasnet import (
     sample_matrix,
     score_model,
 )
-from spikesearch.snasnet.score import hamming_kernel
+from spikesearch.proxies import hamming_kernel
 from spikesearch.snasnet.space import mutate_matrix, prune
 
 
@@ -238,7 +238,7 @@ def test_score_dropout_and_official_switches():
 
     from spikesearch.cli.snasnet import score_config
 
-    base = dict(score_alpha=0.5, score_norm="rate", score_aggregate="mean", score_batch=64, score_repeats=2,
+    base = dict(score="sahd", score_alpha=0.5, score_norm="rate", score_aggregate="mean", score_batch=64, score_repeats=2,
                 score_augment=False)
     assert score_config(Namespace(**base, score_dropout=None, score_official=False)) == ScoreConfig()
     assert score_config(Namespace(**base, score_dropout="on", score_official=False)).dropout

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..core.errors import SpikeSearchError
 from ..data.datasets import load_dataset
 from ..data.loader import Augment
-from ..measure.stats import kendall_tau_b, spearman
+from ..measure.stats import bootstrap, interval, kendall_tau_b, spearman
 from ..nasbench.bench import (
     CLASSES,
     DATASETS,
@@ -27,8 +27,9 @@ from ..nasbench.bench import (
     read_bench,
     stratified_sample,
 )
-from ..nasbench.network import BenchNet
-from ..nasbench.proxies import ENSEMBLES, PROXIES, ensemble, proxies, seeded
+from ..nasbench.network import GEOMETRIES, BenchNet
+from ..nasbench.proxies import ENSEMBLES, PROXIES, proxies
+from ..proxies import SCORES, combine, seeded
 from ..runs import CsvLog, RunRequest
 from ..train.setup import pick_device, seed_everything
 from . import args as arg
@@ -37,23 +38,32 @@ INPUTS = ("fmnist", "noise", "cifar10")
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
-def scoring_inputs(kind: str, data_dir: str | None, batch: int, repeats: int, seed: int) -> list[torch.Tensor]:
-    """``repeats`` batches of 3x32x32 inputs: the bundled Fashion-MNIST padded to 32 px and repeated over the 3
-    channels, Gaussian noise, or CIFAR-10 images from ``--data_dir`` (normalised with CIFAR-10's statistics)."""
+def scoring_inputs(kind: str, data_dir: str | None, batch: int, repeats: int, seed: int, size: int = 32,
+                   classes: int = 10) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``repeats`` batches of 3 x ``size`` x ``size`` inputs and their labels: the bundled Fashion-MNIST padded to
+    32 px and repeated over the 3 channels, Gaussian noise (with labels drawn uniformly over ``classes``), or
+    CIFAR-10 images from ``--data_dir`` (normalised with CIFAR-10's statistics); 32 px images are enlarged to
+    ``size`` by repeating pixels (Tiny-ImageNet's cells take 64 px)."""
     g = torch.Generator().manual_seed(seed)
     n = batch * repeats
     if kind == "noise":
-        return list(torch.randn(n, 3, 32, 32, generator=g).split(batch))
+        x = torch.randn(n, 3, size, size, generator=g)
+        return list(x.split(batch)), list(torch.randint(0, classes, (n,), generator=g).split(batch))
     if kind == "cifar10":
         if data_dir is None:
             raise SpikeSearchError("--inputs cifar10 needs --data_dir (the CIFAR-10 python batches)")
         train, _, _ = load_dataset("cifar10", data_dir)
-        x = train.images[torch.randperm(len(train), generator=g)[:n]].float() / 255
+        pick = torch.randperm(len(train), generator=g)[:n]
+        x = train.images[pick].float() / 255
         mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
-        return list(((x - mean) / std).split(batch))
-    train, _, info = load_dataset("fmnist-small")
-    x = Augment.for_dataset(info)(train.images[torch.randperm(len(train), generator=g)[:n]], False)
-    return list(F.pad(x, (2, 2, 2, 2), value=float(x.min())).expand(-1, 3, -1, -1).contiguous().split(batch))
+        x = (x - mean) / std
+    else:
+        train, _, info = load_dataset("fmnist-small")
+        pick = torch.randperm(len(train), generator=g)[:n]
+        x = Augment.for_dataset(info)(train.images[pick], False)
+        x = F.pad(x, (2, 2, 2, 2), value=float(x.min())).expand(-1, 3, -1, -1)
+    x = F.interpolate(x, size=size, mode="nearest") if size != x.shape[-1] else x
+    return list(x.contiguous().split(batch)), list(train.labels[pick].long().split(batch))
 
 
 def finite(score: np.ndarray) -> np.ndarray:
@@ -64,35 +74,63 @@ def finite(score: np.ndarray) -> np.ndarray:
     return np.where(ok, score, low)
 
 
+def top_precision(score: np.ndarray, acc: np.ndarray, k: int) -> float:
+    """Of the top ``k`` by ``score``, the expected fraction in the top ``k`` by accuracy when ties in the score are
+    broken at random (a cell tied at the cut is picked with probability slots left / cells tied): never by the
+    order of the sample, which is the id order, and the id ranks accuracy."""
+    best = set(np.argsort(-acc, kind="mergesort")[:k].tolist())
+    cut = np.sort(score)[::-1][k - 1]
+    above, tied = score > cut, score == cut
+    chance = np.where(above, 1.0, np.where(tied, (k - above.sum()) / tied.sum(), 0.0))
+    return float(sum(chance[i] for i in best) / k)
+
+
 def evaluate_proxy(score: np.ndarray, acc: np.ndarray, top: float = 0.1) -> dict[str, float]:
     """Kendall tau-b, Spearman, top-k precision (of the top ``top`` fraction by the proxy, how many are in the top
-    fraction by accuracy) and the accuracy of the proxy's pick."""
+    fraction by accuracy) and the test accuracy of the proxy's pick (the mean over cells tied at the top: a random
+    tie-break's expected pick)."""
     k = max(1, int(round(top * len(acc))))
     score = finite(score)
-    by_score, by_acc = np.argsort(-score, kind="mergesort")[:k], np.argsort(-acc, kind="mergesort")[:k]
     return {"kendall": kendall_tau_b(score, acc), "spearman": spearman(score, acc),
-            "top_precision": len(set(by_score) & set(by_acc)) / k, "pick_acc": float(acc[int(np.argmax(score))])}
+            "top_precision": top_precision(score, acc, k), "pick_acc": float(acc[score == score.max()].mean())}
 
 
-def _table(ids: list[int], rows: dict[int, dict], records: dict[int, Record], names: list[str]) -> tuple[list[str], dict]:
+BOOTSTRAP_REPS = 1000
+BASELINE = "params"  # the zero-cost baseline to beat: the benchmark's own (tau 0.391 over all 15,625 cells)
+
+
+def _table(ids: list[int], rows: dict[int, dict], records: dict[int, Record], names: list[str],
+           seed: int = 0) -> tuple[list[str], dict]:
     acc = np.array([records[i].test_acc for i in ids])
     live = np.array([reaches_output(cell_of(i)) for i in ids])
     table = {n: np.array([rows[i][n] for i in ids]) for n in names}
     for name, members in ENSEMBLES.items():
         if all(m in table for m in members):
-            table[name] = ensemble(table, members)
-    table["val acc @ epoch 10 (early stopping, not zero-cost)"] = np.array([records[i].val_at(10) for i in ids])
-    lines = ["| proxy | Kendall tau | Spearman | top-10% precision | pick's test acc | Kendall tau, no collapsed | pick, no collapsed |",
-             "|---|---|---|---|---|---|---|"]
+            table[name] = combine(name, table)
+    # a lower-is-better score is ranked by its negation; the early-stopping column is an accuracy
+    signed = {n: v if n not in SCORES or SCORES.get(n).higher_is_better else -v for n, v in table.items()}
+    table["val acc @ epoch 10 (early stopping, not zero-cost)"] = signed["val acc @ epoch 10 (early stopping, not zero-cost)"] = \
+        np.array([records[i].val_at(10) for i in ids])
+    # paired bootstrap over the cells: the same resamples for every proxy, so differences are paired
+    taus = {n: bootstrap(lambda idx, v=finite(v): kendall_tau_b(v[idx], acc[idx]), len(ids), BOOTSTRAP_REPS, seed)
+            for n, v in signed.items()}
+    lines = [f"| proxy | Kendall tau [95 % CI] | tau - {BASELINE} [95 % CI] | Spearman | top-10% precision | pick's test acc | "
+             "Kendall tau, no collapsed | pick, no collapsed |", "|---|---|---|---|---|---|---|---|"]
     summary = {}
-    for name, score in table.items():
+    base = kendall_tau_b(finite(signed[BASELINE]), acc) if BASELINE in signed else None
+    for name, score in signed.items():
         all_ = evaluate_proxy(score, acc)
         alive = evaluate_proxy(score[live], acc[live])
+        all_["kendall_ci"] = ci = interval(taus[name])
+        delta = "–"
+        if base is not None:
+            all_["minus_baseline"], all_["minus_baseline_ci"] = all_["kendall"] - base, interval(taus[name] - taus[BASELINE])
+            delta = f"{all_['minus_baseline']:+.3f} [{all_['minus_baseline_ci'][0]:+.3f}, {all_['minus_baseline_ci'][1]:+.3f}]"
         summary[name] = {"all": all_, "without_collapsed": alive}
-        lines.append(f"| {name} | {all_['kendall']:.3f} | {all_['spearman']:.3f} | {all_['top_precision']:.2f} | "
-                     f"{all_['pick_acc']:.2f} | {alive['kendall']:.3f} | {alive['pick_acc']:.2f} |")
+        lines.append(f"| {name} | {all_['kendall']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {delta} | {all_['spearman']:.3f} | "
+                     f"{all_['top_precision']:.2f} | {all_['pick_acc']:.2f} | {alive['kendall']:.3f} | {alive['pick_acc']:.2f} |")
     return lines, {"summary": summary, "table": {k: v.tolist() for k, v in table.items()}, "acc": acc.tolist(),
-                   "collapsed": (~live).tolist()}
+                   "collapsed": (~live).tolist(), "bootstrap": {"reps": BOOTSTRAP_REPS, "seed": seed, "level": 0.95}}
 
 
 def cmd_proxies(a: argparse.Namespace) -> dict:
@@ -100,6 +138,10 @@ def cmd_proxies(a: argparse.Namespace) -> dict:
     unknown = [n for n in names if n not in PROXIES]
     if unknown or not names:
         raise SpikeSearchError(f"unknown proxies {unknown}; choose from {', '.join(PROXIES)}")
+    across = [n for n in names if SCORES.get(n).need.labels]
+    if across and a.repeats < 2:
+        raise SpikeSearchError(f"{', '.join(across)} compare gradients across batches: use --repeats 2 or more, or "
+                               "leave them out of --proxies")
     records = read_bench(a.bench_dir, a.dataset)
     device = pick_device(a.device)
     if a.init_seed is None:  # resolved before the run's config is recorded: config.json names the weight seed
@@ -108,7 +150,9 @@ def cmd_proxies(a: argparse.Namespace) -> dict:
     request.check()
     seed_everything(a.seed)
     ids = stratified_sample(records, a.sample, a.seed)
-    batches = [b.to(device) for b in scoring_inputs(a.inputs, a.data_dir, a.batch, a.repeats, a.seed)]
+    geometry = GEOMETRIES[a.dataset]
+    images, labels = scoring_inputs(a.inputs, a.data_dir, a.batch, a.repeats, a.seed, geometry.image_size, geometry.classes)
+    batches, labels = [b.to(device) for b in images], [y.to(device) for y in labels]
     run = request.open()
     log = CsvLog(run.file("proxies.csv"), ["id", "test_acc", *names, "seconds"])
     run.started()
@@ -120,19 +164,20 @@ def cmd_proxies(a: argparse.Namespace) -> dict:
             if i in done:
                 continue
             t0 = time.perf_counter()
-            net = seeded(lambda: BenchNet(cell_of(i), CLASSES[a.dataset], timesteps=a.timestep, width=a.width).to(device), a.init_seed, str(i))
-            values = proxies(net, batches, tuple(names))
+            net = seeded(lambda: BenchNet(cell_of(i), a.dataset, timesteps=a.timestep, width=a.width).to(device), a.init_seed, str(i))
+            values = proxies(net, batches, tuple(names), labels)
             done[i] = values
             log.append([i, records[i].test_acc, *[repr(values[n]) for n in names], f"{time.perf_counter() - t0:.2f}"])
             if not a.quiet and (k + 1) % 10 == 0:
                 print(f"  {k + 1}/{len(ids)} scored", flush=True)
     finally:
         log.close()
-    lines, result = _table(ids, done, records, names)
+    lines, result = _table(ids, done, records, names, a.seed)
     chance = sum(not reaches_output(cell_of(i)) for i in ids)
     head = (f"{len(ids)} SpikeNAS-Bench {a.dataset} architectures (stratified by test accuracy, seed {a.seed}; {chance} "
             f"collapsed to chance {100 / CLASSES[a.dataset]:g} %), proxies at initialisation on {a.inputs} inputs "
-            f"({a.repeats} x {a.batch}), weight seed {a.init_seed}, network width {a.width:g}, T={a.timestep}")
+            f"({a.repeats} x {a.batch}, {geometry.image_size} px), weight seed {a.init_seed}, network width {a.width:g}, "
+            f"T={a.timestep}; 95 % intervals: {BOOTSTRAP_REPS} paired bootstrap resamples of the cells")
     run.save_json("results.json", {"header": head, **result})
     (run.file("table.md")).write_text(head + "\n\n" + "\n".join(lines) + "\n")
     plot_proxies(result, run.file("proxies.png"), head)
@@ -310,7 +355,8 @@ def add_arguments(p: argparse.ArgumentParser, add_common) -> None:
     pr = sub.add_parser("proxies", help="score a stratified sample at initialisation; Kendall tau etc. vs trained accuracy",
                         formatter_class=fmt)
     common(pr, "nasbench-proxies")
-    pr.add_argument("--proxies", default=",".join(PROXIES), help=f"comma list of {', '.join(PROXIES)}")
+    pr.add_argument("--proxies", default=",".join(PROXIES),
+                    help=f"comma list of {', '.join(PROXIES)} (docs/proxies.md: each one's definition and measured tau)")
     pr.add_argument("--sample", type=arg.positive_int, default=300)
     pr.add_argument("--inputs", default="fmnist", choices=INPUTS, help="what the proxies see (CIFAR images need --data_dir)")
     pr.add_argument("--data_dir", default=None)

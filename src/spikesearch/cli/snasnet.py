@@ -14,7 +14,8 @@ from ..snasnet.checkpoint import state_of
 from ..snasnet.network import macro_config
 from ..snasnet.parallel import BACKENDS, SNASNetBuilder, WorkerPool
 from ..snasnet.plots import plot_cell, plot_scores
-from ..snasnet.score import ScoreConfig
+from ..proxies import ScoreConfig, per_model_scores
+from ..proxies.spikes import AGGREGATES, NORMALISATIONS
 from ..snasnet.search import SearchConfig, ranking, run_search
 from ..snasnet.space import PUBLISHED, check_matrix, describe, format_cnt_mat, parse_cnt_mat
 from ..train.checkpoint import load_checkpoint, load_model_weights
@@ -33,18 +34,22 @@ SHORT_RECIPES = {
     "fashion-mnist": {"optimizer": "adam", "learning_rate": 2e-3, "weight_decay": 0.0, "epochs": 20},
 }
 
-
-# named scores (docs/proxies.md measures them on SpikeNAS-Bench); --score_norm / --score_aggregate refine one
-SCORES = {"sahd": {"score_norm": "rate", "score_aggregate": "mean"},      # the official code
-          "sahd-sum": {"score_norm": "rate", "score_aggregate": "sum"},   # the paper's formula
-          "naswot": {"score_norm": "none", "score_aggregate": "sum"}}     # plain Hamming kernel (Mellor et al.)
+# the search scores each candidate on unlabelled batches: every per-model score that needs no labels
+SEARCH_SCORES = per_model_scores(labels=False)
 
 
 def fill_recipe(a: argparse.Namespace) -> None:
-    """Fill the settings left to the dataset's recipe and the named score."""
-    for k, v in (*SHORT_RECIPES.get(a.dataset, PAPER_RECIPE).items(), *SCORES[a.score].items()):
+    """Fill the settings left to the dataset's recipe, and resolve the score: ``--score`` names an entry of
+    ``proxies.SCORES``; ``--score_norm``, ``--score_aggregate`` and ``--score_alpha`` left out take its kernel's,
+    and given ones that change the kernel rename it to the named score they compute, or ``custom``, so that
+    config.json never carries a name the run did not compute (``score_given`` keeps the flag as typed). They are
+    refused for a score without a kernel."""
+    for k, v in SHORT_RECIPES.get(a.dataset, PAPER_RECIPE).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
+    a.score_given = getattr(a, "score_given", a.score)
+    cfg = score_config(a)
+    a.score, a.score_norm, a.score_aggregate, a.score_alpha = cfg.name, cfg.normalise, cfg.aggregate, cfg.alpha
 
 
 # the training flags a resume re-plans (flag -> TrainConfig field, see train_config); the cell, the search
@@ -66,9 +71,12 @@ def score_config(a: argparse.Namespace) -> ScoreConfig:
     if a.score_official and a.score_dropout == "off":
         raise SpikeSearchError("--score_official scores with dropout on; drop --score_dropout off")
     official = dict(dropout=True, reset=False, kernel_dtype="float32") if a.score_official else {}
-    return ScoreConfig(**{"alpha": a.score_alpha, "normalise": a.score_norm, "aggregate": a.score_aggregate,
-                          "batch_size": a.score_batch, "repeats": a.score_repeats, "augment": a.score_augment,
-                          "dropout": a.score_dropout == "on", **official})
+    cfg = ScoreConfig(**{"score": getattr(a, "score_given", a.score), "alpha": a.score_alpha,
+                         "normalise": a.score_norm, "aggregate": a.score_aggregate, "batch_size": a.score_batch,
+                         "repeats": a.score_repeats, "augment": a.score_augment, "dropout": a.score_dropout == "on",
+                         **official})
+    cfg.validate()
+    return cfg
 
 
 def scoring_batches(loader, cfg: ScoreConfig, seed: int) -> list[torch.Tensor]:
@@ -188,14 +196,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--strategy", default="random", choices=["random", "evolution"])
     s.add_argument("--score_batch", type=arg.positive_int, default=64, help="images per scoring batch (official: 256)")
     s.add_argument("--score_repeats", type=arg.positive_int, default=2)
-    s.add_argument("--score", default="sahd", choices=list(SCORES),
-                   help="sahd: SAHD as the official code (default); sahd-sum: the paper's sum over LIF layers; naswot: "
-                        "plain Hamming kernel. Measured on SpikeNAS-Bench in docs/proxies.md")
-    s.add_argument("--score_aggregate", default=None, choices=["mean", "sum"],
+    s.add_argument("--score", default="sahd", choices=SEARCH_SCORES,
+                   help="an entry of the zero-cost table (docs/proxies.md measures each on SpikeNAS-Bench): sahd: SAHD "
+                        "as the official code (default); sahd-sum: the paper's sum over LIF layers; naswot: plain "
+                        "Hamming kernel; swap: distinct spike patterns. config.json names what was computed: "
+                        "kernel flags that change a named kernel make it another named score or 'custom'")
+    s.add_argument("--score_aggregate", default=None, choices=list(AGGREGATES),
                    help="over LIF layers; default from --score (mean: official code; sum: paper)")
-    s.add_argument("--score_norm", default=None, choices=["rate", "january", "none"],
+    s.add_argument("--score_norm", default=None, choices=list(NORMALISATIONS),
                    help="default from --score (rate: official; none = plain Hamming, NASWOT)")
-    s.add_argument("--score_alpha", type=arg.nonneg_float, default=0.5)
+    s.add_argument("--score_alpha", type=arg.nonneg_float, default=None, help="default from --score (0.5)")
     s.add_argument("--score_augment", action="store_true", help="score on augmented batches (official behaviour)")
     s.add_argument("--score_dropout", default=None, choices=["on", "off"],
                    help="the classifier's dropout while scoring (default off; official: on; see docs/snasnet.md)")

@@ -2,7 +2,7 @@
 numpy only, ties handled as scipy does (average ranks for Spearman, tau-b for Kendall)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -48,3 +48,16 @@ def top_k_overlap(a: Sequence[float], b: Sequence[float], k: int) -> float:
     ta = set(np.argsort(-np.asarray(a, dtype=float), kind="mergesort")[:k].tolist())
     tb = set(np.argsort(-np.asarray(b, dtype=float), kind="mergesort")[:k].tolist())
     return len(ta & tb) / max(k, 1)
+
+
+def bootstrap(stat: Callable[[np.ndarray], float], n: int, reps: int = 1000, seed: int = 0) -> np.ndarray:
+    """``stat(idx)`` over ``reps`` resamples ``idx`` of ``range(n)`` drawn with replacement (seeded): the same
+    resamples for every ``stat`` given the same seed, so differences between statistics stay paired."""
+    rng = np.random.default_rng(seed)
+    return np.array([stat(rng.integers(0, n, n)) for _ in range(reps)], dtype=float)
+
+
+def interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval holding ``level`` of ``values`` (NaNs, from degenerate resamples, left out)."""
+    lo, hi = np.nanpercentile(np.asarray(values, dtype=float), [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)

@@ -1,6 +1,6 @@
 """SNASNet: training-free search over spiking cells with forward and backward (temporal feedback) edges."""
 from .network import PRESETS, MacroConfig, SNASCell, SNASNet, macro_config
-from .score import ScoreConfig, score_model
+from ..proxies import ScoreConfig, score_model
 from .search import SearchConfig, ranking, run_search
 from .space import PUBLISHED, check_matrix, format_cnt_mat, parse_cnt_mat, sample_matrix
 

@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import math
 import time
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..core.errors import SpikeSearchError
 from ..core.registry import Registry
+from ..proxies import ScoreConfig, score_model, seeded
 from ..runs import CsvLog
-from .score import ScoreConfig, score_model
 from .space import format_cnt_mat, mutate_matrix, parse_cnt_mat, sample_matrix
 
 CSV_FIELDS = ["index", "cnt_mat", "score", "seconds", "duplicate"]
@@ -49,8 +47,7 @@ class Candidate:
 def score_candidate(build: Callable[[np.ndarray], nn.Module], batches: list[Tensor], cfg: SearchConfig,
                     key: str) -> float:
     """Score one candidate with weights seeded from (seed, cnt_mat): the same number in any process, in any order."""
-    torch.manual_seed(zlib.crc32(f"{cfg.seed}:{key}".encode()))
-    return score_model(build(parse_cnt_mat(key)), batches, cfg.score)
+    return score_model(seeded(lambda: build(parse_cnt_mat(key)), cfg.seed, key), batches, cfg.score)
 
 
 def check_row(row: dict) -> None:
