@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 from pathlib import Path
 
 import torch
 
-from ..convert.converter import METHODS, ConvertConfig, convert, evaluate_snn, resolve_method
+from ..convert.converter import ConvertConfig, convert, evaluate_snn
+from ..convert.methods import CHOICES, help_text, resolve
 from ..convert.qcfs import init_thresholds
 from ..convert.report import layer_report, plot_layer_report
 from ..convert.vgg import ARCHS, VGG, VGGConfig
@@ -91,6 +93,15 @@ def load_vgg(path: str, a: argparse.Namespace, info) -> VGG:
     return model
 
 
+def file_sha256(path: str | Path) -> str:
+    """The ANN file's digest, recorded at conversion: export re-converts from that file and must find it unchanged."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def cmd_convert(a: argparse.Namespace) -> dict:
     device = pick_device("cuda" if a.gpu else "cpu")
     seed_everything(a.seed)
@@ -102,9 +113,10 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     if a.results_file and not Path(a.results_file).parent.is_dir():
         raise SpikeSearchError(f"--results-file {a.results_file}: folder {Path(a.results_file).parent} does not exist")
     cfg = ConvertConfig(a.percentile, a.channel_wise, a.v_init, a.method, a.presim, a.calib_timesteps, a.calib_images)
-    method = resolve_method(cfg, ann.cfg.activation == "qcfs")
-    if method == "srp" and not a.one_step:
-        raise SpikeSearchError("--method srp simulates one step at a time: add --one-step")
+    method = resolve(cfg.method, ann.cfg.activation == "qcfs")
+    if method.needs_one_step and not a.one_step:
+        raise SpikeSearchError(f"--method {method.name} simulates one step at a time: add --one-step")
+    ann_sha256 = file_sha256(a.model)
     run = request.open()  # only after the inputs checked out: a failed command writes nothing
     _, ann_acc = evaluate(ann, test)
     # normalisation images: the first --norm training images, un-augmented (the official code used the
@@ -114,8 +126,8 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     snn, lams = convert(ann, batches, cfg)
     snn = snn.to(device)
     mode = "one-step" if a.one_step else "synchronous (one step of delay per layer)"
-    run.log(f"converted {a.arch} ({'binary' if ann.cfg.binary else 'full precision'}, {ann.cfg.activation}) by {method} "
-            f"({METHODS[method]}): {len(snn.stages)} IF layers, thresholds from "
+    run.log(f"converted {a.arch} ({'binary' if ann.cfg.binary else 'full precision'}, {ann.cfg.activation}) by "
+            f"{method.name} ({method.summary}; {method.spikes} spikes): {len(snn.stages)} IF layers, thresholds from "
             f"{'QCFS' if ann.cfg.activation == 'qcfs' else f'{a.percentile} percentile of {len(norm)} images'}; "
             f"ANN test accuracy {100 * ann_acc:.2f}%; simulating T={a.time}"
             + (f" after {snn.presim} uncounted SRP steps" if snn.presim else "") + f", {mode}")
@@ -123,8 +135,9 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     report_images = torch.cat([x for x, _ in test])[:a.report_images]
     ts = sorted({t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if t <= a.time} | {a.time})
     layers = layer_report(snn, report_images, ts, a.one_step)
-    run.save_json("layer_report.json", {"images": len(report_images), "method": method, "layers": layers})
-    plot_layer_report(layers, run.file("layer_report.png"), f"{a.arch} by {method}: where the SNN departs from the ANN")
+    run.save_json("layer_report.json", {"images": len(report_images), "method": method.name, "layers": layers})
+    plot_layer_report(layers, run.file("layer_report.png"),
+                      f"{a.arch} by {method.name}: where the SNN departs from the ANN")
     acc = res["accuracy"]
     table = run.save_csv("accuracy_per_timestep.csv", ["timestep", "snn_accuracy"], ((t + 1, v) for t, v in enumerate(acc)))
     plot_accuracy_vs_timestep({f"SNN ({mode.split(' ')[0]})": acc}, run.file("accuracy_vs_timestep.png"),
@@ -132,7 +145,8 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     plot_spike_report(res["spikes"], run.file("spikes.png"), f"converted {a.arch}, T={a.time}")
     run.save_json("spikes.json", res["spikes"])
     near = next((t + 1 for t, v in enumerate(acc) if v >= ann_acc - 0.01), None)
-    result = {"method": method, "presim": snn.presim, "ann_acc": ann_acc, "test_acc": acc[-1], "best_snn_acc": max(acc),
+    result = {"method": method.name, "spike_values": method.spikes, "nir": method.nir_refusal or "exportable",
+              "ann_sha256": ann_sha256, "presim": snn.presim, "ann_acc": ann_acc, "test_acc": acc[-1], "best_snn_acc": max(acc),
               "timesteps": a.time,
               "timesteps_to_ann_minus_1pt": near, "images": res["images"],
               "seconds_per_timestep": res["seconds_per_timestep"], "thresholds": [t.tolist() for t in lams],
@@ -195,8 +209,7 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
                    help="one threshold per channel instead of per layer")
     p.add_argument("--v-init", "--v_init", dest="v_init", type=arg.fraction, default=None,
                    help="initial membrane as a fraction of threshold (default 0 for the percentile method, else 0.5)")
-    p.add_argument("--method", default="auto", choices=list(METHODS),
-                   help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    p.add_argument("--method", default=CHOICES[0], choices=CHOICES, help=help_text())
     p.add_argument("--presim", type=arg.positive_int, default=4, help="srp: uncounted pre-simulation steps (SRP's tau)")
     p.add_argument("--calib_timesteps", type=arg.positive_int, default=8, help="calibrate: the T the biases are fitted for")
     p.add_argument("--calib_images", type=arg.positive_int, default=256, help="calibrate: training images used")

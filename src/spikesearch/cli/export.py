@@ -82,25 +82,40 @@ def rebuild(path: str | Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
                          dgs=cfg.get("dgs", False))
         return _weights(DHSNet(dcfg, info.channels, info.num_classes, info.size, genotype=g), folder, checkpoint), shape
     if command == "convert":
-        return _reconvert(cfg), shape
+        return _reconvert(cfg, folder), shape
     raise SpikeSearchError(f"{folder} is a {command} {cfg.get('dhs_command') or ''} run; exported are train, snasnet, "
                            "dhs train and convert runs")
 
 
-def _reconvert(cfg: dict) -> torch.nn.Module:
+def _reconvert(cfg: dict, folder: Path) -> torch.nn.Module:
     """A convert run keeps no SNN weights: the conversion is deterministic, so it is done again from the ANN
-    file and the normalisation images the run used."""
+    file and the normalisation images the run used, once the ANN file is found to be the one converted (its
+    SHA-256, recorded in results.json)."""
     from argparse import Namespace
 
     from ..convert.converter import ConvertConfig, convert
+    from ..convert.methods import resolve
     from ..data.loader import BatchLoader
     from ..train.pipeline import make_loaders
-    from .convert import load_vgg
+    from .convert import file_sha256, load_vgg
 
+    results = folder / "results.json"
+    if not results.is_file():
+        raise SpikeSearchError(f"{folder}: the conversion has not finished (no results.json)")
+    recorded = _read_json(results).get("ann_sha256")
+    if not recorded:
+        raise SpikeSearchError(f"{folder}: results.json records no ANN checksum (a run from before checksums): "
+                               "convert again to export")
     a = Namespace(**cfg)
+    if not Path(a.model).is_file():
+        raise SpikeSearchError(f"{folder}: the ANN file it converted, {a.model}, no longer exists")
+    if file_sha256(a.model) != recorded:
+        raise SpikeSearchError(f"{folder}: the ANN file {a.model} has changed since it was converted (SHA-256 differs); "
+                               "convert it again to export")
     train, _, info = make_loaders(a.dataset, a.data, a.batch_size, torch.device("cpu"), a.seed, None, a.eval_size,
                                   eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
     ann = load_vgg(a.model, a, info).eval()
+    resolve(a.method, ann.cfg.activation == "qcfs").check_exportable()  # before the conversion's minutes
     batches = [x for x, _ in BatchLoader(train.data.subset(a.norm), a.batch_size, train.augment, False)]
     snn, _ = convert(ann, batches, ConvertConfig(a.percentile, a.channel_wise, a.v_init, a.method, a.presim,
                                                  a.calib_timesteps, a.calib_images))
