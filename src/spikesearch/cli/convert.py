@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import torch
@@ -157,6 +158,36 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     run.log(f"SNN accuracy at T={a.time}: {100 * acc[-1]:.2f}% (ANN {100 * ann_acc:.2f}%); within 1 point of the "
             f"ANN from T={near}; {1000 * res['seconds_per_timestep']:.1f} ms per timestep for {res['images']} images")
     return result
+
+
+def rebuild_converted(cfg: dict, folder: Path, info) -> torch.nn.Module:
+    """The SNN a convert run made (for export). A convert run keeps no SNN weights: the conversion is deterministic,
+    so it is done again from the ANN file and the normalisation images the run used, once the ANN file is found to
+    be the one converted (its SHA-256, recorded in results.json) and the method exportable."""
+    results = folder / "results.json"
+    if not results.is_file():
+        raise SpikeSearchError(f"{folder}: the conversion has not finished (no results.json)")
+    try:
+        recorded = json.loads(results.read_text()).get("ann_sha256")
+    except (OSError, json.JSONDecodeError) as e:
+        raise SpikeSearchError(f"cannot read {results}: {e}") from None
+    if not recorded:
+        raise SpikeSearchError(f"{folder}: results.json records no ANN checksum (a run from before checksums): "
+                               "convert again to export")
+    a = argparse.Namespace(**cfg)
+    if not Path(a.model).is_file():
+        raise SpikeSearchError(f"{folder}: the ANN file it converted, {a.model}, no longer exists")
+    if file_sha256(a.model) != recorded:
+        raise SpikeSearchError(f"{folder}: the ANN file {a.model} has changed since it was converted (SHA-256 differs); "
+                               "convert it again to export")
+    train, _, info = make_loaders(a.dataset, a.data, a.batch_size, torch.device("cpu"), a.seed, None, a.eval_size,
+                                  eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
+    ann = load_vgg(a.model, a, info).eval()
+    resolve(a.method, ann.cfg.activation == "qcfs").check_exportable()  # before the conversion's minutes
+    batches = [x for x, _ in BatchLoader(train.data.subset(a.norm), a.batch_size, train.augment, False)]
+    snn, _ = convert(ann, batches, ConvertConfig(a.percentile, a.channel_wise, a.v_init, a.method, a.presim,
+                                                 a.calib_timesteps, a.calib_images))
+    return snn
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:

@@ -292,8 +292,6 @@ def _snasnet(model):
 
 
 def _dhs(model):
-    from ..dhs.network import Cell
-
     if model.genotype is None:
         raise SpikeSearchError("a DHS search trellis is not a network: export the derived one (dhs train's model)")
     g = Graph()
@@ -301,14 +299,10 @@ def _dhs(model):
     shape = (model.in_channels, size, size)
     src, s = g.chain(model.stem, "input", shape, "stem")
     states = {(-2, 0): ([(src, s[0])], s[1]), (-1, 0): ([(src, s[0])], s[1])}
-    for k, lv in enumerate(model.path):
-        src_lv = model.path[k - 1] if k else 0
-        key = f"{k}_{lv}_{'same' if src_lv == lv else 'down'}"
-        cell: Cell = model.cells[key]
-        pp = (k - 2, model._prev_prev_level(k, lv, states))
-        pre = [_dhs_pre(g, cell.pre0, states[pp], cell.size, f"cells.{key}.pre0"),
-               _dhs_pre(g, cell.pre1, states[(k - 1, src_lv)], cell.size, f"cells.{key}.pre1")]
-        c = cell.pre0[0].module[0].out_channels
+    for key, cell, own, pp, p in model.derived_cells():
+        pre = [_dhs_pre(g, conv, bn, neuron, states[state], cell.size, f"cells.{key}.pre{n}")
+               for n, ((conv, bn, neuron), state) in enumerate(zip(cell.inputs(), (pp, p)))]
+        c = cell.channels
         node_shape = (c, cell.size, cell.size)
         outs = list(pre)
         for i, node in enumerate(cell.nodes):
@@ -330,7 +324,7 @@ def _dhs(model):
                     out = g.neuron(fire, out, node_shape, f"{where}.fire.0")
                 ins.append(out)
             outs.append(g.neuron(node, g.total(node_shape, *ins), node_shape, f"cells.{key}.nodes.{i}"))
-        states[(k, lv)] = ([(o, c) for o in outs[2:]], cell.size)
+        states[own] = ([(o, c) for o in outs[2:]], cell.size)
     parts, size = states[(len(model.path) - 1, model.path[-1])]
     head = model.heads[str(model.path[-1])]
     logits, start = [], 0
@@ -344,7 +338,7 @@ def _dhs(model):
     return g.graph(shape, "input", g.total(out_shape, *logits), out_shape, "DHSNet")
 
 
-def _dhs_pre(g: Graph, pre, state, size: int, where: str) -> str:
+def _dhs_pre(g: Graph, conv: nn.Conv2d, bn: nn.BatchNorm2d, neuron: BaseNode, state, size: int, where: str) -> str:
     """A cell's input: nearest resize (a strided subsampling where the sizes divide) of the concatenated node
     outputs, then its spiking 1x1 conv: one conv node per concatenated part with that part's weight slice."""
     parts, in_size = state
@@ -352,7 +346,6 @@ def _dhs_pre(g: Graph, pre, state, size: int, where: str) -> str:
         raise SpikeSearchError(f"{where}: the nearest resize {in_size}->{size} picks rows unevenly, which a strided "
                                "convolution cannot say (use image sizes the levels divide)")
     stride = in_size // size
-    conv, bn = pre[0].module[0], pre[0].module[1]
     strided = nn.Conv2d(conv.in_channels, conv.out_channels, 1, stride=stride, bias=False)
     strided.weight = conv.weight
     convs, start = [], 0
@@ -360,7 +353,7 @@ def _dhs_pre(g: Graph, pre, state, size: int, where: str) -> str:
         name, shape = g.conv(strided, bn, part, (c, in_size, in_size), f"{where}.0", slice(start, start + c), n == 0)
         convs.append(name)
         start += c
-    return g.neuron(pre[1], g.total(shape, *convs), shape, f"{where}.1")
+    return g.neuron(neuron, g.total(shape, *convs), shape, f"{where}.1")
 
 
 def _converted(model, input_shape):
@@ -373,23 +366,27 @@ def _converted(model, input_shape):
     return g.graph(input_shape, "input", src, shape, "SpikingNet")
 
 
-def to_nir(model: nn.Module, input_shape: tuple[int, ...] | None = None):
-    """The NIR graph of a spikesearch network (eval-mode semantics: dropout off, BatchNorm's running
-    statistics). ``input_shape`` (C, H, W) is needed for ``SpikingCNN`` and converted VGGs, which do not
-    record their input size."""
+def _families() -> list[tuple[type, object, bool]]:
+    """Each exported model family, its graph builder, and whether it needs ``input_shape`` (it does not record
+    its input size). Imported here: export sits above the pillars."""
     from ..convert.converter import SpikingNet
     from ..core.models import SpikingCNN
     from ..dhs.network import DHSNet
     from ..snasnet.network import SNASNet
 
-    if isinstance(model, SNASNet):
-        return _snasnet(model)
-    if isinstance(model, DHSNet):
-        return _dhs(model)
-    if isinstance(model, (SpikingCNN, SpikingNet)):
-        if input_shape is None:
-            raise SpikeSearchError(f"{type(model).__name__} does not record its input size: give input_shape=(C, H, W)")
-        return _spiking_cnn(model, input_shape) if isinstance(model, SpikingCNN) else _converted(model, input_shape)
+    return [(SNASNet, lambda m, shape: _snasnet(m), False), (DHSNet, lambda m, shape: _dhs(m), False),
+            (SpikingCNN, _spiking_cnn, True), (SpikingNet, _converted, True)]
+
+
+def to_nir(model: nn.Module, input_shape: tuple[int, ...] | None = None):
+    """The NIR graph of a spikesearch network (eval-mode semantics: dropout off, BatchNorm's running
+    statistics). ``input_shape`` (C, H, W) is needed for ``SpikingCNN`` and converted VGGs, which do not
+    record their input size."""
+    for family, build, needs_shape in _families():
+        if isinstance(model, family):
+            if input_shape is None and needs_shape:
+                raise SpikeSearchError(f"{family.__name__} does not record its input size: give input_shape=(C, H, W)")
+            return build(model, input_shape)
     raise SpikeSearchError(f"no NIR export for {type(model).__name__}: SpikingCNN, SNASNet, DHSNet (derived) and "
                            "converted SNNs are exported")
 
