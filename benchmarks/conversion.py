@@ -30,6 +30,7 @@ import torch
 
 from spikesearch.convert import VGG, ConvertConfig, VGGConfig, convert, evaluate_snn
 from spikesearch.convert.converter import materialize
+from spikesearch.convert.methods import METHODS as METHOD_RECORDS
 from spikesearch.convert.qcfs import init_thresholds
 from spikesearch.data.loader import BatchLoader
 from spikesearch.measure.plots import plot_accuracy_vs_timestep
@@ -149,7 +150,7 @@ def main() -> None:
                 return res["accuracy"], res["seconds_per_timestep"]
 
             for method in METHODS[act]:
-                measured(f"{name} -> ours, {method}" + (f" (+{a.presim} uncounted steps)" if method == "srp" else ""),
+                measured(f"{name} -> ours, {method}" + (f" (+{a.presim} uncounted steps)" if METHOD_RECORDS.get(method).presim else ""),
                          lambda: ours(method))
             if act == "relu":
                 for label, simulate in spikingjelly_curves(ann, norm, test, a.timesteps).items():

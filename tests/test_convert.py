@@ -22,6 +22,7 @@ from spikesearch.convert import (
     init_thresholds,
 )
 from spikesearch.convert.converter import percentile_thresholds, split_stages
+from spikesearch.convert.methods import METHODS
 from spikesearch.data.loader import BatchLoader
 from spikesearch.runs import Run
 from spikesearch.train.pipeline import make_loaders
@@ -88,7 +89,7 @@ def test_if_layers_reset_by_subtraction():
     assert neuron.v_reset is None and neuron.v_threshold == 1.0
     neuron.reset_state()
     out = [float(neuron(torch.tensor([0.45]))) for _ in range(3)]
-    assert out == [0.0, 0.0, 1.0] and float(neuron.v) == pytest.approx(0.35)  # residual 1.35 - 1 kept
+    assert out == [0.0, 0.0, 1.0] and float(neuron.membrane) == pytest.approx(0.35)  # residual 1.35 - 1 kept
 
 
 def test_synchronous_output_silent_for_the_depth():
@@ -301,7 +302,8 @@ def _one_stage_snn(weights, presim):
     with torch.no_grad():
         out.weight.copy_(torch.eye(len(weights)))
         out.bias.zero_()
-    return SpikingNet([nn.Sequential(lin)], nn.Sequential(out), v_init=0.5, presim=presim)
+    return SpikingNet([nn.Sequential(lin)], nn.Sequential(out), METHODS.get("srp" if presim else "calibrate"),
+                      presim=presim)
 
 
 def test_srp_silences_neurons_whose_residual_potential_is_not_positive():
@@ -354,3 +356,27 @@ def test_method_errors_come_before_the_run_folder(tmp_path, capsys):
         code = main(["convert", "--job-dir", str(tmp_path / "snn"), "--model", str(ann_dir / "model.pt"), "--time", "4",
                      "--eval_size", "32", "--quiet", *extra])
         assert code == 2 and msg in capsys.readouterr().err and not (tmp_path / "snn").exists()
+
+
+def test_signed_if_takes_a_spike_back_only_after_it_fired():
+    """Fast-SNN's signed IF (threshold 1, from half threshold): +1 at the threshold, -1 when the membrane drops below
+    0 while its net count is positive, never a -1 before a +1; on random currents its spikes equal a direct
+    transcription of the rule on the absolute membrane."""
+    neuron = METHODS.get("signed").neuron(v_threshold=1.0, v_init=0.5)
+    neuron.reset_state()
+    out = [float(neuron(torch.tensor([x]))) for x in (0.6, -0.9, -0.5, -2.0)]
+    # 0.5+0.6=1.1 fires (0.1 left); 0.1-0.9=-0.8 < 0 after a spike: -1 (0.2); 0.2-0.5=-0.3 < 0, count 0: nothing
+    assert out == [1.0, -1.0, 0.0, 0.0] and float(neuron.membrane) == pytest.approx(-2.3)
+    torch.manual_seed(0)
+    x = torch.randn(40, 500) * 0.6
+    neuron.reset_state()
+    got = torch.stack([neuron(xt) for xt in x])
+    v, count, want = torch.full((500,), 0.5), torch.zeros(500), []
+    for xt in x:
+        v = v + xt
+        s = (v >= 1).float() - ((v < 0) & (count > 0)).float()
+        v, count = v - s, count + s
+        want.append(s)
+    want = torch.stack(want)
+    assert (got == -1).any() and (got == 1).any() and torch.equal(got, want)
+    assert bool((want.cumsum(0) >= 0).all())  # a spike is only ever taken back

@@ -1,16 +1,19 @@
 """NIR round trips: export -> nir.write -> nir.read -> from_nir gives a module whose spikes equal the original's,
 step for step, on a batch of the bundled data (a searched SNASNet backward cell, a derived DHS network, converted
-VGGs with full-precision and binary weights); what NIR cannot say fails with one line."""
+VGGs of every --method with full-precision and binary weights); what NIR cannot say fails with one line, and a
+corrupted graph fails the round trip."""
+import re
+
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 nir = pytest.importorskip("nir")
 
 from spikesearch import SpikeSearchError, load_dataset  # noqa: E402
 from spikesearch.cli.main import main  # noqa: E402
 from spikesearch.convert import VGG, ConvertConfig, VGGConfig, convert  # noqa: E402
+from spikesearch.convert.methods import AUTO, BINARY, CHOICES, METHODS  # noqa: E402
 from spikesearch.core.neurons import reset  # noqa: E402
 from spikesearch.data.loader import Augment  # noqa: E402
 from spikesearch.dhs.genotype import Genotype  # noqa: E402
@@ -18,6 +21,7 @@ from spikesearch.dhs.network import DHSConfig, DHSNet  # noqa: E402
 from spikesearch.dhs.nodes import NeuronChoice  # noqa: E402
 from spikesearch.export import DT, from_nir, to_nir  # noqa: E402
 from spikesearch.snasnet import SNASNet, parse_cnt_mat  # noqa: E402
+from spikesearch.train.pipeline import make_loaders  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +30,9 @@ def images():
     return Augment.for_dataset(info)(train.images[:16], False)
 
 
-def round_trip(model, graph, tmp_path, run_ours, run_nir):
-    """Spikes of every neuron module the graph names, ours vs the re-read graph's, step for step."""
+def spikes_of(model, graph, tmp_path, run_ours, run_nir):
+    """Per neuron module the graph names: (ours, the re-read graph's) spikes, step for step, and both outputs.
+    The graph goes through a file: written, read back, run by from_nir from what the file holds."""
     nir.write(str(tmp_path / "net.nir"), graph)
     net = from_nir(tmp_path / "net.nir")
     modules = graph.metadata["spikesearch"]["modules"]
@@ -40,15 +45,27 @@ def round_trip(model, graph, tmp_path, run_ours, run_nir):
         h.remove()
     net.trace = {}
     out_nir = run_nir(net)
-    fired = 0
+    pairs = {}
     for node in modules:
         step_shape = net.trace[node][0].shape  # one step [B, ...]; our multi-step neurons give [T, B, ...] a call
         a = torch.cat([o.reshape(-1, *step_shape) for o in ours[node]])
-        b = torch.stack(net.trace[node]).reshape(a.shape)
+        pairs[node] = (a, torch.stack(net.trace[node]).reshape(a.shape))
+    return pairs, out_ours, out_nir
+
+
+def round_trip(model, graph, tmp_path, run_ours, run_nir):
+    """Every neuron's spikes equal, ours vs the re-read graph's, step for step, and some fired."""
+    pairs, out_ours, out_nir = spikes_of(model, graph, tmp_path, run_ours, run_nir)
+    modules = graph.metadata["spikesearch"]["modules"]
+    for node, (a, b) in pairs.items():
         assert torch.equal(a, b), f"{node} ({modules[node]}): {int((a != b).sum())} spikes differ"
-        fired += int(a.sum())
-    assert fired > 0
+    assert sum(int(a.abs().sum()) for a, _ in pairs.values()) > 0
     return out_ours, out_nir, len(modules)
+
+
+def differing_spikes(model, graph, tmp_path, run_ours, run_nir) -> int:
+    pairs, _, _ = spikes_of(model, graph, tmp_path, run_ours, run_nir)
+    return sum(int((a != b).sum()) for a, b in pairs.values())
 
 
 def test_snasnet_backward_cell_round_trip(images, tmp_path):
@@ -76,29 +93,83 @@ def test_derived_dhs_network_round_trip(images, tmp_path):
     torch.testing.assert_close(theirs.mean(0), ours)  # spikes equal; the readout to float rounding
 
 
-@pytest.mark.parametrize("binary", [False, True])
-def test_converted_vgg_round_trip(images, tmp_path, binary):
+def _converted(method: str, images, binary: bool = False):
     torch.manual_seed(0)
-    x = F.pad(images, (2, 2, 2, 2))  # 32 px: every pool of the VGG divides it (28 px has partial windows)
-    ann = VGG(VGGConfig(in_channels=1, image_size=32, width=0.125, batchnorm=True, binary=binary)).eval()
-    snn, _ = convert(ann, [x], ConvertConfig(percentile=99.0, method="percentile"))
-    graph = to_nir(snn, (1, 32, 32))
+    qcfs = METHODS.get(method).needs_qcfs if method != AUTO else True
+    ann = VGG(VGGConfig(width=0.0625, batchnorm=True, binary=binary, activation="qcfs" if qcfs else "relu")).eval()
+    return convert(ann, [images], ConvertConfig(percentile=99.0, method=method, calib_images=16, calib_timesteps=4))[0]
+
+
+@pytest.mark.parametrize("method", CHOICES)
+def test_every_method_exports_spike_equal_or_is_refused(images, tmp_path, method):
+    """28-px VGGs (ceil-mode pools with partial windows: 7 -> 4) from every --method: the graph, read from the
+    file alone, runs spike-equal to the converted SNN for 16 steps, or export refuses it with the method's reason."""
+    snn = _converted(method, images)
+    if not snn.method.exportable:
+        with pytest.raises(SpikeSearchError, match=re.escape(snn.method.nir_refusal)):
+            to_nir(snn, (1, 28, 28))
+        return
+    graph = to_nir(snn, (1, 28, 28))
     assert sum(isinstance(n, nir.Threshold) for n in graph.nodes.values()) == len(snn.stages)  # reset by subtraction
-    ours, theirs, _ = round_trip(snn, graph, tmp_path, lambda: snn.simulate(x, 24, one_step=True),
-                                 lambda net: net(x, timesteps=24))
+    ours, theirs, _ = round_trip(snn, graph, tmp_path, lambda: snn.simulate(images, 16, one_step=True),
+                                 lambda net: net(images, timesteps=16))
     torch.testing.assert_close(theirs.cumsum(0), ours)
 
 
+def test_every_method_is_refused_or_exported():
+    """The record says which, and the spike values agree: a -1 spike never reaches a NIR graph."""
+    for name in METHODS:
+        m = METHODS.get(name)
+        assert m.exportable == (m.spikes == BINARY and not m.presim), name
+    assert {n for n in METHODS if METHODS.get(n).exportable} == {"percentile", "qcfs", "calibrate"}
+
+
+def test_signed_neuron_is_refused_even_without_its_record(images):
+    """A SpikingNet whose record was swapped for an exportable one still cannot write its signed IF as a plain IF."""
+    snn = _converted("signed", images)
+    snn.method = METHODS.get("percentile")
+    with pytest.raises(SpikeSearchError, match="SignedIF has no NIR counterpart"):
+        to_nir(snn, (1, 28, 28))
+
+
+def test_binary_weights_round_trip_with_calibration(images, tmp_path):
+    snn = _converted("calibrate", images, binary=True)
+    graph = to_nir(snn, (1, 28, 28))
+    round_trip(snn, graph, tmp_path, lambda: snn.simulate(images, 16, one_step=True), lambda net: net(images, timesteps=16))
+
+
+def test_a_corrupted_graph_fails_the_round_trip(images, tmp_path):
+    """The round trip reads every neuron from the graph: one changed parameter in the file and spikes differ (before,
+    from_nir took a LIF's tau from our metadata, so a wrong tau in the graph read back right)."""
+    snn = _converted("qcfs", images)  # membrane from half threshold: the Threshold node holds 0.5
+    run_ours, run_nir = lambda: snn.simulate(images, 16, one_step=True), lambda net: net(images, timesteps=16)
+    assert differing_spikes(snn, to_nir(snn, (1, 28, 28)), tmp_path, run_ours, run_nir) == 0
+    for kind, field in ((nir.Threshold, "threshold"), (nir.Scale, "scale")):
+        graph = to_nir(snn, (1, 28, 28))
+        name = next(n for n, v in graph.nodes.items() if isinstance(v, kind) and (kind is nir.Threshold or n in
+                    {dst for src, dst in graph.edges if src.startswith("delay")}))
+        setattr(graph.nodes[name], field, getattr(graph.nodes[name], field) * 1.25)
+        assert differing_spikes(snn, graph, tmp_path, run_ours, run_nir) > 0, f"{kind.__name__}.{field}"
+
+    torch.manual_seed(0)
+    taus = [[NeuronChoice("lif", 1.25), NeuronChoice("lif", 2.0), NeuronChoice("lif", 5.0)]] * 3
+    g = Genotype([[(0, "conv3x3"), (1, "skip")], [(2, "avgpool"), (1, "conv1x1")], [(3, "conv3x3"), (0, "skip")]],
+                 [0, 1, 1], taus)
+    dhs = DHSNet(DHSConfig(levels=2, channels=4, timesteps=4, stem_stride=2), 1, 10, 28, genotype=g).eval()
+    run_ours, run_nir = lambda: (reset(dhs), dhs(images))[1], lambda net: net(images, timesteps=4)
+    for field in ("tau", "r", "v_leak"):
+        graph = to_nir(dhs)
+        name = next(n for n, v in graph.nodes.items() if isinstance(v, nir.LIF))
+        node = graph.nodes[name]
+        setattr(node, field, getattr(node, field) * 1.5 + (0.1 if field == "v_leak" else 0.0))
+        if field == "v_leak":  # a leak potential other than the reset is refused, not misread
+            with pytest.raises(SpikeSearchError, match="leak potential"):
+                differing_spikes(dhs, graph, tmp_path, run_ours, run_nir)
+        else:
+            assert differing_spikes(dhs, graph, tmp_path, run_ours, run_nir) > 0, field
+
+
 def test_what_nir_cannot_say_is_one_clear_error(images):
-    ann = VGG(VGGConfig(in_channels=1, image_size=32, width=0.0625, activation="qcfs")).eval()
-    x = F.pad(images, (2, 2, 2, 2))
-    with pytest.raises(SpikeSearchError, match="membrane starts at 0.5"):
-        to_nir(convert(ann, [x])[0], (1, 32, 32))
-    with pytest.raises(SpikeSearchError, match="SRP"):
-        to_nir(convert(ann, [x], ConvertConfig(method="srp"))[0], (1, 32, 32))
-    relu = VGG(VGGConfig(width=0.0625)).eval()
-    with pytest.raises(SpikeSearchError, match="partial windows"):
-        to_nir(convert(relu, [images])[0], (1, 28, 28))
     hybrid = Genotype([[(0, "conv3x3"), (1, "skip")]] * 3, [0, 1], [[NeuronChoice("ann")] * 3] * 2)
     with pytest.raises(SpikeSearchError, match="ANN node of HNS"):
         to_nir(DHSNet(DHSConfig(levels=2, channels=4, timesteps=2, stem_stride=2), 1, 10, 28, genotype=hybrid))
@@ -119,3 +190,33 @@ def test_cli_export_of_a_train_run(tmp_path, capsys):
     lif = [n for n in graph.nodes.values() if isinstance(n, nir.LIF)][0]
     assert float(lif.tau.flat[0]) == pytest.approx(2 * DT)  # tau: 2 steps of dt
     assert np.all(lif.r == 1) and np.all(lif.v_leak == 0)
+
+
+def test_cli_export_of_convert_runs(tmp_path, capsys):
+    """A 28-px Fashion-MNIST conversion exports (its ceil-mode pools once refused every such network) and the file
+    runs spike-equal to the run's SNN; a signed run is refused for its -1 spikes; an ANN file changed after the
+    conversion is refused by its checksum, not exported as another network."""
+    from spikesearch.cli.export import rebuild
+
+    ann = tmp_path / "ann"
+    assert main(["train-ann", "--job-dir", str(ann), "--epochs", "1", "--width", "0.0625", "--batchnorm",
+                 "--train_subset", "128", "--test_subset", "32", "--quiet"]) == 0
+    common = ["--model", str(ann / "model.pt"), "--time", "4", "--eval_size", "16", "--norm", "64", "--calib_images",
+              "32", "--report_images", "16", "--one-step", "--quiet"]
+    for method in ("calibrate", "signed"):
+        assert main(["convert", "--job-dir", str(tmp_path / method), "--method", method, *common]) == 0
+    out = tmp_path / "calibrate.nir"
+    assert main(["export", str(tmp_path / "calibrate"), "-o", str(out)]) == 0
+    snn, shape = rebuild(tmp_path / "calibrate")
+    x = torch.cat([b for b, _ in make_loaders("fmnist-small", None, 16, torch.device("cpu"), 0, 16, 16)[1]])
+    graph = nir.read(str(out))
+    round_trip(snn, graph, tmp_path, lambda: snn.simulate(x, 8, one_step=True), lambda net: net(x, timesteps=8))
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "signed"), "-o", str(tmp_path / "signed.nir")]) == 2
+    err = capsys.readouterr().err
+    assert METHODS.get("signed").nir_refusal in err and not (tmp_path / "signed.nir").exists()
+    state = torch.load(ann / "model.pt")
+    next(iter(state["model"].values())).mul_(1.01)  # one weight tensor of the ANN changed
+    torch.save(state, ann / "model.pt")
+    assert main(["export", str(tmp_path / "calibrate"), "-o", str(tmp_path / "changed.nir")]) == 2
+    assert "has changed since it was converted" in capsys.readouterr().err

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
+import json
 from pathlib import Path
 
 import torch
 
-from ..convert.converter import METHODS, ConvertConfig, convert, evaluate_snn, resolve_method
+from ..convert.converter import ConvertConfig, convert, evaluate_snn
+from ..convert.methods import CHOICES, help_text, resolve
 from ..convert.qcfs import init_thresholds
 from ..convert.report import layer_report, plot_layer_report
 from ..convert.vgg import ARCHS, VGG, VGGConfig
@@ -94,6 +97,15 @@ def load_vgg(path: str, a: argparse.Namespace, info) -> VGG:
     return model
 
 
+def file_sha256(path: str | Path) -> str:
+    """The ANN file's digest, recorded at conversion: export re-converts from that file and must find it unchanged."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def cmd_convert(a: argparse.Namespace) -> dict:
     device = pick_device("cuda" if a.gpu else "cpu")
     seed_everything(a.seed)
@@ -105,9 +117,10 @@ def cmd_convert(a: argparse.Namespace) -> dict:
                                         eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
     ann = load_vgg(a.model, a, info).to(device).eval()
     cfg = ConvertConfig(a.percentile, a.channel_wise, a.v_init, a.method, a.presim, a.calib_timesteps, a.calib_images)
-    method = resolve_method(cfg, ann.cfg.activation == "qcfs")
-    if method == "srp" and not a.one_step:
-        raise SpikeSearchError("--method srp simulates one step at a time: add --one-step")
+    method = resolve(cfg.method, ann.cfg.activation == "qcfs")
+    if method.needs_one_step and not a.one_step:
+        raise SpikeSearchError(f"--method {method.name} simulates one step at a time: add --one-step")
+    ann_sha256 = file_sha256(a.model)
     run = request.open()  # only after the inputs checked out: a failed command writes nothing
     _, ann_acc = evaluate(ann, test)
     # normalisation images: the first --norm training images, un-augmented (the official code used the
@@ -117,8 +130,8 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     snn, lams = convert(ann, batches, cfg)
     snn = snn.to(device)
     mode = "one-step" if a.one_step else "synchronous (one step of delay per layer)"
-    run.log(f"converted {a.arch} ({'binary' if ann.cfg.binary else 'full precision'}, {ann.cfg.activation}) by {method} "
-            f"({METHODS[method]}): {len(snn.stages)} IF layers, thresholds from "
+    run.log(f"converted {a.arch} ({'binary' if ann.cfg.binary else 'full precision'}, {ann.cfg.activation}) by "
+            f"{method.name} ({method.summary}; {method.spikes} spikes): {len(snn.stages)} IF layers, thresholds from "
             f"{'QCFS' if ann.cfg.activation == 'qcfs' else f'{a.percentile} percentile of {len(norm)} images'}; "
             f"ANN test accuracy {100 * ann_acc:.2f}%; simulating T={a.time}"
             + (f" after {snn.presim} uncounted SRP steps" if snn.presim else "") + f", {mode}")
@@ -126,8 +139,9 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     report_images = torch.cat([x for x, _ in test])[:a.report_images]
     ts = sorted({t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if t <= a.time} | {a.time})
     layers = layer_report(snn, report_images, ts, a.one_step)
-    run.save_json("layer_report.json", {"images": len(report_images), "method": method, "layers": layers})
-    plot_layer_report(layers, run.file("layer_report.png"), f"{a.arch} by {method}: where the SNN departs from the ANN")
+    run.save_json("layer_report.json", {"images": len(report_images), "method": method.name, "layers": layers})
+    plot_layer_report(layers, run.file("layer_report.png"),
+                      f"{a.arch} by {method.name}: where the SNN departs from the ANN")
     acc = res["accuracy"]
     table = run.save_csv("accuracy_per_timestep.csv", ["timestep", "snn_accuracy"], ((t + 1, v) for t, v in enumerate(acc)))
     plot_accuracy_vs_timestep({f"SNN ({mode.split(' ')[0]})": acc}, run.file("accuracy_vs_timestep.png"),
@@ -135,7 +149,8 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     plot_spike_report(res["spikes"], run.file("spikes.png"), f"converted {a.arch}, T={a.time}")
     run.save_json("spikes.json", res["spikes"])
     near = next((t + 1 for t, v in enumerate(acc) if v >= ann_acc - 0.01), None)
-    result = {"method": method, "presim": snn.presim, "ann_acc": ann_acc, "test_acc": acc[-1], "best_snn_acc": max(acc),
+    result = {"method": method.name, "spike_values": method.spikes, "nir": method.nir_refusal or "exportable",
+              "ann_sha256": ann_sha256, "presim": snn.presim, "ann_acc": ann_acc, "test_acc": acc[-1], "best_snn_acc": max(acc),
               "timesteps": a.time,
               "timesteps_to_ann_minus_1pt": near, "images": res["images"],
               "seconds_per_timestep": res["seconds_per_timestep"], "thresholds": [t.tolist() for t in lams],
@@ -146,6 +161,36 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     run.log(f"SNN accuracy at T={a.time}: {100 * acc[-1]:.2f}% (ANN {100 * ann_acc:.2f}%); within 1 point of the "
             f"ANN from T={near}; {1000 * res['seconds_per_timestep']:.1f} ms per timestep for {res['images']} images")
     return result
+
+
+def rebuild_converted(cfg: dict, folder: Path, info) -> torch.nn.Module:
+    """The SNN a convert run made (for export). A convert run keeps no SNN weights: the conversion is deterministic,
+    so it is done again from the ANN file and the normalisation images the run used, once the ANN file is found to
+    be the one converted (its SHA-256, recorded in results.json) and the method exportable."""
+    results = folder / "results.json"
+    if not results.is_file():
+        raise SpikeSearchError(f"{folder}: the conversion has not finished (no results.json)")
+    try:
+        recorded = json.loads(results.read_text()).get("ann_sha256")
+    except (OSError, json.JSONDecodeError) as e:
+        raise SpikeSearchError(f"cannot read {results}: {e}") from None
+    if not recorded:
+        raise SpikeSearchError(f"{folder}: results.json records no ANN checksum (a run from before checksums): "
+                               "convert again to export")
+    a = argparse.Namespace(**cfg)
+    if not Path(a.model).is_file():
+        raise SpikeSearchError(f"{folder}: the ANN file it converted, {a.model}, no longer exists")
+    if file_sha256(a.model) != recorded:
+        raise SpikeSearchError(f"{folder}: the ANN file {a.model} has changed since it was converted (SHA-256 differs); "
+                               "convert it again to export")
+    train, _, _, info = make_loaders(a.dataset, a.data, a.batch_size, torch.device("cpu"), a.seed, None, a.eval_size,
+                                     eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
+    ann = load_vgg(a.model, a, info).eval()
+    resolve(a.method, ann.cfg.activation == "qcfs").check_exportable()  # before the conversion's minutes
+    batches = [x for x, _ in BatchLoader(train.data.subset(a.norm), a.batch_size, train.augment, False)]
+    snn, _ = convert(ann, batches, ConvertConfig(a.percentile, a.channel_wise, a.v_init, a.method, a.presim,
+                                                 a.calib_timesteps, a.calib_images))
+    return snn
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -199,8 +244,7 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
                    help="one threshold per channel instead of per layer")
     p.add_argument("--v-init", "--v_init", dest="v_init", type=arg.fraction, default=None,
                    help="initial membrane as a fraction of threshold (default 0 for the percentile method, else 0.5)")
-    p.add_argument("--method", default="auto", choices=list(METHODS),
-                   help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    p.add_argument("--method", default=CHOICES[0], choices=CHOICES, help=help_text())
     p.add_argument("--presim", type=arg.positive_int, default=4, help="srp: uncounted pre-simulation steps (SRP's tau)")
     p.add_argument("--calib_timesteps", type=arg.positive_int, default=8, help="calibrate: the T the biases are fitted for")
     p.add_argument("--calib_images", type=arg.positive_int, default=256, help="calibrate: training images used")

@@ -6,15 +6,19 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..core.errors import SpikeSearchError
+from ..core.registry import Registry
 from ..data.datasets import DATASETS
 from ..export.to_nir import nir_module, to_nir
 from ..runs import atomic_write_bytes, check_output
 from ..train.checkpoint import load_checkpoint, load_model_weights
+from .convert import rebuild_converted
 
 FORMATS = ("nir",)
 
@@ -48,6 +52,56 @@ def _weights(model: torch.nn.Module, folder: Path, checkpoint: Path | None) -> t
     return model.eval()
 
 
+def _train_run(cfg: dict, folder: Path, info) -> torch.nn.Module:
+    from ..core.models import SpikingCNN
+    from .args import TAU_ARGUMENT
+
+    tau = {TAU_ARGUMENT[cfg["neuron"]]: cfg["tau"]} if cfg["neuron"] in TAU_ARGUMENT else {}
+    return SpikingCNN(info.channels, info.num_classes, info.size, cfg["widths"], cfg["timestep"], cfg["neuron"],
+                      surrogate=cfg["surrogate"], **tau)
+
+
+def _snasnet_run(cfg: dict, folder: Path, info) -> torch.nn.Module:
+    from ..snasnet.network import SNASNet, macro_config
+    from ..snasnet.space import parse_cnt_mat
+
+    results = folder / "results.json"
+    cnt_mat = _read_json(results)["cnt_mat"] if results.is_file() else cfg.get("cnt_mat")
+    if not cnt_mat:
+        raise SpikeSearchError(f"{folder}: the search has not picked a cell yet (no results.json)")
+    return SNASNet(parse_cnt_mat(cnt_mat), cfg["celltype"], macro_config(cfg["dataset"], second_avgpooling=cfg["second_avgpooling"]),
+                   cfg["timestep"], cfg["tau"], cfg["threshold"], cfg["surrogate"])
+
+
+def _dhs_train_run(cfg: dict, folder: Path, info) -> torch.nn.Module:
+    from ..dhs.genotype import Genotype
+    from ..dhs.network import DHSConfig, DHSNet
+
+    g = Genotype.load(folder / "genotype.json")
+    saved = g.info.get("config", {})
+    dcfg = DHSConfig(levels=saved.get("levels", max(g.path) + 1), mix=saved.get("mix", "membrane"),
+                     stem_stride=cfg["stem_stride"], channels=cfg["train_channels"], timesteps=cfg["timestep"],
+                     dgs=cfg.get("dgs", False))
+    return DHSNet(dcfg, info.channels, info.num_classes, info.size, genotype=g)
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """How export gets a run's network back: ``build`` makes it from config.json (and the run's other files);
+    a ``trained`` one then loads the checkpoint's weights (a convert run keeps none: it re-converts)."""
+
+    build: Callable[[dict, Path, object], torch.nn.Module]
+    trained: bool = True
+
+
+# by config.json's command (and sub-command)
+RUN_KINDS: Registry[RunKind] = Registry("exported run kind")
+RUN_KINDS.add("train", RunKind(_train_run))
+RUN_KINDS.add("snasnet", RunKind(_snasnet_run))
+RUN_KINDS.add("dhs train", RunKind(_dhs_train_run))
+RUN_KINDS.add("convert", RunKind(rebuild_converted, trained=False))
+
+
 def rebuild(path: str | Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     """The trained or converted network behind a run folder (or one of its checkpoints), and its input shape."""
     try:
@@ -59,64 +113,16 @@ def rebuild(path: str | Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
 
 def _rebuild(path: Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     folder = run_folder(path)
-    checkpoint = path if path.is_file() else None
     cfg = _read_json(folder / "config.json")
     info = DATASETS.get(cfg.get("dataset", "fmnist-small"))
-    shape = (info.channels, info.size, info.size)
-    command = cfg.get("command")
-    if command == "train":
-        from ..core.models import SpikingCNN
-        from .args import TAU_ARGUMENT
-
-        tau = {TAU_ARGUMENT[cfg["neuron"]]: cfg["tau"]} if cfg["neuron"] in TAU_ARGUMENT else {}
-        model = SpikingCNN(info.channels, info.num_classes, info.size, cfg["widths"], cfg["timestep"], cfg["neuron"],
-                           surrogate=cfg["surrogate"], **tau)
-        return _weights(model, folder, checkpoint), shape
-    if command == "snasnet":
-        from ..snasnet.network import SNASNet, macro_config
-        from ..snasnet.space import parse_cnt_mat
-
-        results = folder / "results.json"
-        cnt_mat = _read_json(results)["cnt_mat"] if results.is_file() else cfg.get("cnt_mat")
-        if not cnt_mat:
-            raise SpikeSearchError(f"{folder}: the search has not picked a cell yet (no results.json)")
-        model = SNASNet(parse_cnt_mat(cnt_mat), cfg["celltype"], macro_config(cfg["dataset"], second_avgpooling=cfg["second_avgpooling"]),
-                        cfg["timestep"], cfg["tau"], cfg["threshold"], cfg["surrogate"])
-        return _weights(model, folder, checkpoint), shape
-    if command == "dhs" and cfg.get("dhs_command") == "train":
-        from ..dhs.genotype import Genotype
-        from ..dhs.network import DHSConfig, DHSNet
-
-        g = Genotype.load(folder / "genotype.json")
-        saved = g.info.get("config", {})
-        dcfg = DHSConfig(levels=saved.get("levels", max(g.path) + 1), mix=saved.get("mix", "membrane"),
-                         stem_stride=cfg["stem_stride"], channels=cfg["train_channels"], timesteps=cfg["timestep"],
-                         dgs=cfg.get("dgs", False))
-        return _weights(DHSNet(dcfg, info.channels, info.num_classes, info.size, genotype=g), folder, checkpoint), shape
-    if command == "convert":
-        return _reconvert(cfg), shape
-    raise SpikeSearchError(f"{folder} is a {command} {cfg.get('dhs_command') or ''} run; exported are train, snasnet, "
-                           "dhs train and convert runs")
-
-
-def _reconvert(cfg: dict) -> torch.nn.Module:
-    """A convert run keeps no SNN weights: the conversion is deterministic, so it is done again from the ANN
-    file and the normalisation images the run used."""
-    from argparse import Namespace
-
-    from ..convert.converter import ConvertConfig, convert
-    from ..data.loader import BatchLoader
-    from ..train.pipeline import make_loaders
-    from .convert import load_vgg
-
-    a = Namespace(**cfg)
-    train, _, _, info = make_loaders(a.dataset, a.data, a.batch_size, torch.device("cpu"), a.seed, None, a.eval_size,
-                                  eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
-    ann = load_vgg(a.model, a, info).eval()
-    batches = [x for x, _ in BatchLoader(train.data.subset(a.norm), a.batch_size, train.augment, False)]
-    snn, _ = convert(ann, batches, ConvertConfig(a.percentile, a.channel_wise, a.v_init, a.method, a.presim,
-                                                 a.calib_timesteps, a.calib_images))
-    return snn.eval()
+    name = " ".join(str(k) for k in (cfg.get("command"), cfg.get("dhs_command")) if k)
+    if name not in RUN_KINDS:
+        raise SpikeSearchError(f"{folder} is a {name} run; exported are {', '.join(RUN_KINDS.names())} runs")
+    kind = RUN_KINDS.get(name)
+    model = kind.build(cfg, folder, info)
+    if kind.trained:
+        model = _weights(model, folder, path if path.is_file() else None)
+    return model.eval(), (info.channels, info.size, info.size)
 
 
 def _inputs(source: Path) -> list:

@@ -2,7 +2,7 @@
 
 The ANN is cut into *stages*: the linear ops between two activations (conv with BatchNorm folded in,
 average pooling, flatten, linear) followed by one IF layer. Thresholds are balanced by scaling weights,
-``W_l <- W_l * lam_{l-1} / lam_l``, so every IF neuron has threshold 1 and emits binary spikes (exactly
+``W_l <- W_l * lam_{l-1} / lam_l``, so every IF neuron has threshold 1 (exactly
 the official code's data-based normalisation). ``lam_l`` is the chosen percentile of the stage's
 post-ReLU activations over the normalisation images in eval mode (the official code left dropout on),
 layer-wise or per channel; a QCFS layer uses its trained threshold instead. IF neurons reset by
@@ -25,34 +25,21 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..core.errors import SpikeSearchError
-from ..core.neurons import IF, reset
+from ..core.neurons import reset
 from ..measure.spikes import SpikeCounter
 from .binary import BinaryConv2d, BinaryLinear, effective_weight
+from .methods import AUTO, CHOICES, Method, resolve
 from .qcfs import QCFS
 
 HIST_BINS = 2048
-
-
-METHODS = {
-    "auto": "qcfs for a QCFS-trained ANN, else percentile",
-    "percentile": "percentile threshold balancing, membrane from 0 (Lu & Sengupta 2020; Rueckauer et al. 2017)",
-    "qcfs": "the ANN's trained QCFS thresholds, membrane from half threshold (Bu et al., ICLR 2022)",
-    "srp": "QCFS/percentile thresholds from half threshold, then residual membrane potential: a neuron whose "
-           "membrane is not positive after --presim steps stays silent (Hao et al., AAAI 2023)",
-    "calibrate": "thresholds from half threshold, then layer-by-layer bias calibration on training images "
-                 "(Li et al., ICML 2021, light pipeline)",
-    "signed": "thresholds from half threshold, signed IF neurons: a neuron whose membrane drops below 0 after it "
-              "fired takes a spike back (-1) (Fast-SNN, Hu et al., TPAMI 2023)",
-    "signed-calibrate": "signed IF neurons, then the bias calibration of 'calibrate' at --calib_timesteps",
-}
 
 
 @dataclass
 class ConvertConfig:
     percentile: float = 99.9
     channel_wise: bool = False
-    v_init: float | None = None  # None: 0 for the percentile method, else 0.5 (half threshold)
-    method: str = "auto"
+    v_init: float | None = None  # None: the method's own (methods.Method.v_init)
+    method: str = AUTO  # a --method choice: methods.CHOICES
     presim: int = 4  # srp: pre-simulation steps before the counted ones (SRP's tau)
     calib_timesteps: int = 8  # calibrate: the latency the biases are corrected for
     calib_images: int = 256  # calibrate: training images (Li et al. use a few hundred to a thousand)
@@ -60,8 +47,8 @@ class ConvertConfig:
     def validate(self) -> None:
         if not 0 < self.percentile <= 100:
             raise SpikeSearchError(f"percentile must be in (0, 100], got {self.percentile}")
-        if self.method not in METHODS:
-            raise SpikeSearchError(f"conversion method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.method not in CHOICES:
+            raise SpikeSearchError(f"conversion method must be one of {', '.join(CHOICES)}; got {self.method!r}")
         if self.presim <= 0 or self.calib_timesteps <= 0 or self.calib_images <= 0:
             raise SpikeSearchError("--presim, --calib_timesteps and --calib_images must be positive")
 
@@ -169,38 +156,23 @@ def percentile_thresholds(stages, batches: list[Tensor], percentile: float, chan
     return out
 
 
-class SignedIF(IF):
-    """IF with reset by subtraction that can also take a spike back: when the membrane falls below 0 while
-    the neuron's net spike count is positive, it emits -1 and its membrane gains a threshold. Early spikes
-    that later input does not justify (the unevenness error of rate conversion) are so undone, and the net
-    count tracks round(t * a) in both directions (Hu et al., Fast-SNN, TPAMI 2023)."""
-
-    def reset_state(self) -> None:
-        super().reset_state()
-        self.count: Tensor | float = 0.0
-
-    def single_step(self, x: Tensor) -> Tensor:
-        v = self.v + x
-        s = (v >= self.v_threshold).to(x.dtype) - ((v < 0) & (self.count > 0)).to(x.dtype)
-        self.v = v - s * self.v_threshold
-        self.count = self.count + s
-        return s
-
-
 class SpikingNet(nn.Module):
-    """The converted network: stages of (linear ops -> IF with threshold 1), then the output ops.
-    ``presim > 0`` is SRP: that many uncounted steps first, after which every neuron whose membrane is not
+    """The converted network: stages of (linear ops -> the method's IF neuron with threshold 1), then the output
+    ops. ``method`` (a ``methods.Method``) says what it is and emits; ``v_init`` overrides its initial membrane.
+    An SRP method runs ``presim`` uncounted steps first, after which every neuron whose membrane is not
     positive is silenced for the counted steps and all membranes restart."""
 
-    def __init__(self, stages: list[nn.Sequential], output: nn.Sequential, v_init: float, presim: int = 0,
-                 levels: list[int | None] | None = None, neuron: type[IF] = IF) -> None:
+    def __init__(self, stages: list[nn.Sequential], output: nn.Sequential, method: Method,
+                 v_init: float | None = None, presim: int = 4, levels: list[int | None] | None = None) -> None:
         super().__init__()
+        self.method = method
         self.levels = levels or [None] * len(stages)  # the ANN's activation per stage: QCFS levels, None = ReLU
-        self.stages = nn.ModuleList(nn.Sequential(*ops, neuron(v_threshold=1.0, v_reset=None, v_init=v_init))
+        v0 = method.v_init if v_init is None else v_init
+        self.stages = nn.ModuleList(nn.Sequential(*ops, method.neuron(v_threshold=1.0, v_init=v0))
                                     for ops in stages)
         self.output = output
         self.pool_delay = [any(isinstance(m, nn.AvgPool2d) for m in ops) for ops in list(stages) + [output]]
-        self.presim = presim
+        self.presim = presim if method.presim else 0
 
     def ann_ops(self, k: int) -> nn.Sequential:
         """Stage ``k``'s converted ANN ops (rescaled, BN folded), without the IF and a calibration shift."""
@@ -225,10 +197,10 @@ class SpikingNet(nn.Module):
         masks = None
         if self.presim:
             if not one_step:
-                raise SpikeSearchError("SRP (--method srp) simulates one step at a time: add --one-step")
+                raise SpikeSearchError(f"--method {self.method.name} simulates one step at a time: add --one-step")
             for t in range(self.presim):
                 self._step(frames[t % len(frames)], None)
-            masks = [(stage[-1].v > 1e-3).to(frames.dtype) for stage in self.stages]  # residual potential > 0
+            masks = [(stage[-1].membrane > 1e-3).to(frames.dtype) for stage in self.stages]  # residual potential > 0
             reset(self)
         if one_step:
             for t in range(timesteps):
@@ -258,12 +230,6 @@ class SpikingNet(nn.Module):
         return torch.stack(outs)
 
 
-def resolve_method(cfg: ConvertConfig, qcfs: bool) -> str:
-    if cfg.method == "qcfs" and not qcfs:
-        raise SpikeSearchError("--method qcfs needs an ANN trained with QCFS activations (train-ann --activation qcfs)")
-    return ("qcfs" if qcfs else "percentile") if cfg.method == "auto" else cfg.method
-
-
 def convert(ann: nn.Module, batches: list[Tensor], cfg: ConvertConfig = ConvertConfig()) -> tuple[SpikingNet, list[Tensor]]:
     """Convert ``ann`` (eval mode) using ``batches`` of training images (threshold balancing and, for
     ``calibrate``, bias calibration); returns the SNN and lam_l. Thresholds come from the ANN's QCFS layers
@@ -276,7 +242,7 @@ def convert(ann: nn.Module, batches: list[Tensor], cfg: ConvertConfig = ConvertC
     qcfs = [a for a in acts if isinstance(a, QCFS)]
     if qcfs and len(qcfs) != len(acts):
         raise SpikeSearchError("cannot convert a network that mixes ReLU and QCFS activations")
-    method = resolve_method(cfg, bool(qcfs))
+    method = resolve(cfg.method, bool(qcfs))
     if qcfs:
         lams = [a.threshold.detach().abs().view(1).clone() for a in qcfs]
     else:
@@ -290,11 +256,9 @@ def convert(ann: nn.Module, batches: list[Tensor], cfg: ConvertConfig = ConvertC
         prev = lam
     out_ops = stages[-1][0]
     _rescale(out_ops, prev, one)
-    v_init = cfg.v_init if cfg.v_init is not None else (0.0 if method == "percentile" else 0.5)
-    snn = SpikingNet(ops_list, out_ops, v_init, presim=cfg.presim if method == "srp" else 0,
-                     levels=[a.levels if isinstance(a, QCFS) else None for a in acts],
-                     neuron=SignedIF if method.startswith("signed") else IF)
-    if method.endswith("calibrate"):
+    snn = SpikingNet(ops_list, out_ops, method, cfg.v_init, presim=cfg.presim,
+                     levels=[a.levels if isinstance(a, QCFS) else None for a in acts])
+    if method.calibrate:
         calibrate_biases(snn, torch.cat(batches)[:cfg.calib_images], cfg.calib_timesteps)
     return snn, lams
 
@@ -354,7 +318,7 @@ def _per_channel(a: Tensor) -> Tensor:
     return a.transpose(0, 1).reshape(a.shape[1], -1).mean(1)
 
 
-def _run_stage(ops: nn.Sequential, neuron: IF, inputs: list[Tensor], shift: Tensor) -> Tensor:
+def _run_stage(ops: nn.Sequential, neuron: nn.Module, inputs: list[Tensor], shift: Tensor) -> Tensor:
     """One stage over a recorded input sequence with a per-channel ``shift`` current: its spikes ``[T, ...]``."""
     add = BiasShift(shift)
     neuron.reset_state()

@@ -94,7 +94,7 @@ class Cell(nn.Module):
     def __init__(self, c_pp: int, c_p: int, c: int, size: int, edges: list[list[tuple[int, tuple[str, ...]]]],
                  nodes: list[nn.Module], mix: str) -> None:
         super().__init__()
-        self.size = size
+        self.size, self.channels = size, c
         self.pre0 = nn.Sequential(SeqToANN(nn.Conv2d(c_pp, c, 1, bias=False), nn.BatchNorm2d(c)), dhs_lif())
         self.pre1 = nn.Sequential(SeqToANN(nn.Conv2d(c_p, c, 1, bias=False), nn.BatchNorm2d(c)), dhs_lif())
         self.wiring = [[s for s, _ in node] for node in edges]
@@ -105,6 +105,10 @@ class Cell(nn.Module):
         self.register_buffer("macs", torch.tensor(macs), persistent=False)
         self.pre_macs = (float(c_pp * c * size * size), float(c_p * c * size * size))  # the two 1x1 input convs
         self.dense = E_MAC_PJ * (sum(max(row) for row in macs) + sum(self.pre_macs))  # the same cell as a dense ANN
+
+    def inputs(self) -> list[tuple[nn.Conv2d, nn.BatchNorm2d, nn.Module]]:
+        """The two spiking 1x1 preprocessors (cell k-2's, cell k-1's) as (conv, BN, neuron): the export hook."""
+        return [(pre[0].module[0], pre[0].module[1], pre[1]) for pre in (self.pre0, self.pre1)]
 
     def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor | None, cost0: Tensor | float,
                 cost1: Tensor | float) -> tuple[Tensor, Tensor, Tensor | float]:
@@ -205,6 +209,19 @@ class DHSNet(nn.Module):
         if self.path is None:
             return True
         return (self.path[k - 1] if k > 0 else 0) == src
+
+    def derived_cells(self) -> list[tuple[str, "Cell", tuple[int, int], tuple[int, int], tuple[int, int]]]:
+        """A derived network's cells in order: (key, cell, its own (layer, level) state, and the two states it reads,
+        k-2's and k-1's; layers -2 and -1 are the stem). The export hook, so no exporter re-derives the wiring."""
+        if self.path is None:
+            raise SpikeSearchError("a DHS search trellis is not a network: export the derived one (dhs train's model)")
+        have, cells = {(-2, 0), (-1, 0)}, []
+        for k, lv in enumerate(self.path):
+            src = self.path[k - 1] if k else 0
+            key = f"{k}_{lv}_{'same' if src == lv else 'down'}"
+            cells.append((key, self.cells[key], (k, lv), (k - 2, self._prev_prev_level(k, lv, have)), (k - 1, src)))
+            have.add((k, lv))
+        return cells
 
     @staticmethod
     def _prev_prev_level(k: int, lv: int, have: dict) -> int:

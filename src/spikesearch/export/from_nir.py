@@ -3,9 +3,11 @@
 Every node becomes a callable on one timestep's ``[B, ...]`` tensors; a node's input is the sum of what its
 source nodes produced in the same step, except that a ``Delay`` hands on what it received ``delay / dt`` steps
 before, which is how recurrent graphs (SNASNet's feedback, reset by subtraction) close their loops. A cycle
-without a ``Delay`` is refused. Neuron nodes become our neurons; where a node carries ``metadata['spikesearch']``
-(written by ``to_nir``) its exact discrete parameters are used, else they are derived from the continuous
-ones and the graph's ``dt`` (``metadata['dt']``, or the ``dt`` argument).
+without a ``Delay`` is refused. Neuron nodes become our neurons, their parameters read from the graph (tau, r,
+v_leak, thresholds, resets) and the graph's ``dt`` (``metadata['dt']``, or the ``dt`` argument). Our own
+``metadata['spikesearch']`` is never preferred to the graph: it only gives a LIF's time constant back the float64
+digits the graph's float32 storage rounded off, where the graph's value is that one rounded (a changed graph
+is read as changed), and says whether a ``Threshold`` fires at ``>=`` (ours) or at NIR's ``>``.
 """
 from __future__ import annotations
 
@@ -77,6 +79,14 @@ class _Apply(nn.Module):
         return self.fn(x)
 
 
+def _exact(value: float, recorded) -> float:
+    """``value`` read from the graph, or ``recorded`` where the two agree to float32's precision (the graph's
+    dtype): the graph decides, the record restores the digits float32 lost."""
+    if isinstance(recorded, (int, float)) and abs(value - recorded) <= np.finfo(np.float32).eps * abs(recorded):
+        return float(recorded)
+    return value
+
+
 def _layer(name: str, node, dt: float) -> nn.Module:
     """One NIR node as a module on ``[B, ...]``."""
     nir = nir_module()
@@ -115,12 +125,15 @@ def _layer(name: str, node, dt: float) -> nn.Module:
         return _Scaled(_scalar(node.r, "resistances", name) * dt, IF(v_threshold=th, v_reset=vr))
     if isinstance(node, nir.LIF):
         th, vr = _scalar(node.v_threshold, "thresholds", name), _scalar(node.v_reset, "resets", name)
-        if "tau" in ours:  # ours, exactly
-            return LIF(tau=ours["tau"], decay_input=ours["decay_input"], v_threshold=th, v_reset=vr)
         if _scalar(node.v_leak, "leak potentials", name) != vr:
             raise SpikeSearchError(f"NIR node {name}: a LIF whose leak potential differs from its reset is not supported")
-        tau = _scalar(node.tau, "time constants", name) / dt
-        return _Scaled(_scalar(node.r, "resistances", name), LIF(tau=tau, decay_input=True, v_threshold=th, v_reset=vr))
+        tau = _exact(_scalar(node.tau, "time constants", name) / dt, ours.get("tau"))
+        r = _scalar(node.r, "resistances", name)
+        if r == 1.0:  # v += (v_leak - v + x) / tau: ours with the input decayed
+            return LIF(tau=tau, decay_input=True, v_threshold=th, v_reset=vr)
+        # v += (v_leak - v) / tau + (r / tau) x: ours without input decay, the input scaled by r / tau (1 for ours)
+        gain = 1.0 if np.float32(r) == np.float32(tau) else r / tau
+        return _Scaled(gain, LIF(tau=tau, decay_input=False, v_threshold=th, v_reset=vr))
     if isinstance(node, nir.I):
         return _Integrator(_scalar(node.r, "resistances", name) * dt)
     if isinstance(node, nir.LI):

@@ -90,19 +90,49 @@ class Graph:
     def avgpool(self, pool: nn.AvgPool2d, src: str, shape, where: str) -> tuple[str, tuple]:
         (k0, k1), (s0, s1), (p0, p1) = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding)
         c, h, w = shape
-        partial = pool.ceil_mode and ((h + 2 * p0 - k0) % s0 or (w + 2 * p1 - k1) % s1)
-        if partial:
-            raise SpikeSearchError(f"{where}: AvgPool2d(ceil_mode=True) on a {h}x{w} map has partial windows, which NIR's "
-                                   "pooling cannot express (use inputs whose sizes the pools divide)")
+        if pool.ceil_mode and ((h + 2 * p0 - k0) % s0 or (w + 2 * p1 - k1) % s1):
+            return self._partial_pool(pool, src, shape, where)
         out = (c, (h + 2 * p0 - k0) // s0 + 1, (w + 2 * p1 - k1) // s1 + 1)
         kw = dict(kernel_size=np.array([k0, k1]), stride=np.array([s0, s1]), padding=np.array([p0, p1]))
         if pool.count_include_pad or (p0, p1) == (0, 0):
             return self.add("avgpool", self.nir.AvgPool2d(**kw), src), out
         # padding not counted: a sum over the window, divided by how many real cells each window holds
-        ones = torch.ones(1, 1, h, w, dtype=torch.float64)
-        counts = nn.functional.avg_pool2d(ones, (k0, k1), (s0, s1), (p0, p1), divisor_override=1)[0, 0]
         summed = self.add("sumpool", self.nir.SumPool2d(**kw), src)
-        return self.add("scale", self.nir.Scale(scale=_np((1 / counts).expand(out))), summed), out
+        return self.add("scale", self.nir.Scale(scale=_np((1 / _cells_per_window(pool, h, w)).expand(out))), summed), out
+
+    def _partial_pool(self, pool: nn.AvgPool2d, src: str, shape, where: str) -> tuple[str, tuple]:
+        """A ceil-mode pool whose last windows hang over the map's end (VGG's 7 -> 4 at 28 px), as NIR can say it: a
+        convolution that pads both sides by ``stride - 1`` and whose kernel, ``stride - 1`` cells wider, is 1 only on
+        the window's own cells (so window i sums cells ``[s i, s i + k)`` that exist, whatever the left padding adds),
+        then a ``Scale`` by 1 / the cells each window holds (torch's divisor in ceil mode)."""
+        (k0, k1), (s0, s1), (p0, p1) = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding)
+        c, h, w = shape
+        if (p0, p1) != (0, 0):
+            raise SpikeSearchError(f"{where}: a padded AvgPool2d(ceil_mode=True) with partial windows on a {h}x{w} map "
+                                   "is not exported")
+        count = _cells_per_window(pool, h, w)
+        weight = torch.zeros(c, c, k0 + s0 - 1, k1 + s1 - 1, dtype=torch.float64)
+        weight[range(c), range(c), s0 - 1:, s1 - 1:] = 1.0
+        node = self.nir.Conv2d(input_shape=(h, w), weight=_np(weight), stride=(s0, s1), padding=(s0 - 1, s1 - 1),
+                               dilation=(1, 1), groups=1, bias=np.zeros(c, np.float32))
+        sizes = [(n + 2 * (s - 1) - (k + s - 1)) // s + 1 for n, k, s in ((h, k0, s0), (w, k1, s1))]
+        if tuple(sizes) != tuple(count.shape):  # torch drops a last window that would start past the map
+            raise SpikeSearchError(f"{where}: AvgPool2d(ceil_mode=True) on a {h}x{w} map gives {tuple(count.shape)}, "
+                                   "which a strided convolution cannot reproduce")
+        summed = self.add("poolconv", node, src)
+        return self.add("scale", self.nir.Scale(scale=_np((1 / count).expand(c, *count.shape))), summed), (c, *sizes)
+
+    def shift(self, shift: torch.Tensor, src: str, shape) -> str:
+        """Calibration's per-channel current, added after the layer's own bias as the SNN adds it (folding it into
+        that bias rounds differently, and a rounding can move a spike): an identity 1x1 convolution (or an identity
+        ``Affine`` on a vector) whose bias is the shift."""
+        c = shape[0]
+        eye = torch.eye(c, dtype=torch.float64)
+        if len(shape) == 1:
+            return self.add("shift", self.nir.Affine(weight=_np(eye), bias=_np(shift)), src)
+        node = self.nir.Conv2d(input_shape=tuple(shape[1:]), weight=_np(eye[:, :, None, None]), stride=(1, 1),
+                               padding=(0, 0), dilation=(1, 1), groups=1, bias=_np(shift))
+        return self.add("shift", node, src)
 
     def flatten(self, src: str, shape) -> tuple[str, tuple]:
         node = self.nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
@@ -110,20 +140,24 @@ class Graph:
 
     # --- neurons ----------------------------------------------------------------------------------------
     def neuron(self, m: BaseNode, src: str, shape, where: str) -> str:
+        from ..convert.methods import ConvertedIF
+
         ones = np.ones(shape, np.float32)
         th = float(m.v_threshold)
-        if not isinstance(m, IF) and not isinstance(m, LIF):
+        if type(m) not in (IF, LIF, PLIF, ConvertedIF):  # a subclass changes the dynamics (the signed IF emits -1)
             raise SpikeSearchError(f"{where}: {type(m).__name__} has no NIR counterpart")
+        if m.v_reset is None and (isinstance(m, LIF) or not (isinstance(m, ConvertedIF) or m.v_init == 0)):
+            raise SpikeSearchError(f"{where}: a {type(m).__name__} with reset by subtraction starting at {m.v_init:g} "
+                                   "is not exported (NIR has no initial state; the conversion's neurons are)")
         if m.v_reset is None:
-            if not isinstance(m, IF) or isinstance(m, LIF):
-                raise SpikeSearchError(f"{where}: a leaky neuron with reset by subtraction is not exported")
-            if m.v_init != 0:
-                raise SpikeSearchError(f"{where}: the membrane starts at {m.v_init:g} x threshold; NIR has no initial "
-                                       "state (convert with --method percentile, whose neurons start at 0)")
-            meta = {"spikesearch": {"neuron": "if", "reset": "subtract", "v_threshold": th, "fires_at": ">="}}
-            # u[t] = u[t-1] + x[t] - th s[t-1], s[t] = [u[t] >= th]: our pre-reset membrane H[t]
+            meta = {"spikesearch": {"neuron": "if", "reset": "subtract", "v_threshold": th, "v_init": m.v_init,
+                                    "fires_at": ">="}}
+            # u[t] = u[t-1] + x[t] - th s[t-1], s[t] = [u[t] >= th - v_init]: ConvertedIF's state, its pre-reset
+            # membrane less its start. NIR has no initial state, but with reset by subtraction a start above 0 is a
+            # threshold lowered by as much (the loop subtracts th, the Threshold compares with th - v_init)
             integ = self.add("integrator", self.nir.I(r=ones / DT), src)
-            spikes = self.add("threshold", self.nir.Threshold(threshold=ones * th, metadata=meta), integ, module=where)
+            spikes = self.add("threshold", self.nir.Threshold(threshold=ones * (th - m.v_init), metadata=meta), integ,
+                              module=where)
             back = self.add("scale", self.nir.Scale(scale=-th * ones), self.add("delay", self.nir.Delay(delay=ones * DT), spikes))
             self.edges.append((back, integ))
             return spikes
@@ -145,7 +179,10 @@ class Graph:
     # --- chains ---------------------------------------------------------------------------------------------
     def chain(self, modules, src: str, shape, where: str) -> tuple[str, tuple]:
         """A sequence of stateless layers and neurons: Conv2d(+BatchNorm), BatchNorm, AvgPool2d, Flatten, Linear,
-        neurons; SeqToANN and Sequential wrappers are walked into, dropout and identities skipped."""
+        calibration's BiasShift, neurons; SeqToANN and Sequential wrappers are walked into, dropout and identities
+        skipped."""
+        from ..convert.converter import BiasShift
+
         flat = list(_leaves(modules, where))
         i = 0
         while i < len(flat):
@@ -168,6 +205,8 @@ class Graph:
                 src, shape = self.affine(effective_weight(m), m.bias, src)
             elif isinstance(m, BaseNode):
                 src = self.neuron(m, src, shape, path)
+            elif isinstance(m, BiasShift):
+                src = self.shift(m.shift, src, shape)
             elif not isinstance(m, SKIP):
                 raise SpikeSearchError(f"{path}: {type(m).__name__} is not exported to NIR")
             i += 1
@@ -181,6 +220,13 @@ class Graph:
                                           "readout": "the output node's value is summed (converted SNN) or averaged "
                                                      "(trained SNNs) over the timesteps; the argmax is the class"}}
         return self.nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=meta)
+
+
+def _cells_per_window(pool: nn.AvgPool2d, h: int, w: int) -> torch.Tensor:
+    """How many cells of an ``h`` x ``w`` map each window of ``pool`` holds (padding and overhang left out)."""
+    ones = torch.ones(1, 1, h, w, dtype=torch.float64)
+    return nn.functional.avg_pool2d(ones, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode,
+                                    divisor_override=1)[0, 0]
 
 
 def _leaves(modules, where: str):
@@ -246,8 +292,6 @@ def _snasnet(model):
 
 
 def _dhs(model):
-    from ..dhs.network import Cell
-
     if model.genotype is None:
         raise SpikeSearchError("a DHS search trellis is not a network: export the derived one (dhs train's model)")
     g = Graph()
@@ -255,14 +299,10 @@ def _dhs(model):
     shape = (model.in_channels, size, size)
     src, s = g.chain(model.stem, "input", shape, "stem")
     states = {(-2, 0): ([(src, s[0])], s[1]), (-1, 0): ([(src, s[0])], s[1])}
-    for k, lv in enumerate(model.path):
-        src_lv = model.path[k - 1] if k else 0
-        key = f"{k}_{lv}_{'same' if src_lv == lv else 'down'}"
-        cell: Cell = model.cells[key]
-        pp = (k - 2, model._prev_prev_level(k, lv, states))
-        pre = [_dhs_pre(g, cell.pre0, states[pp], cell.size, f"cells.{key}.pre0"),
-               _dhs_pre(g, cell.pre1, states[(k - 1, src_lv)], cell.size, f"cells.{key}.pre1")]
-        c = cell.pre0[0].module[0].out_channels
+    for key, cell, own, pp, p in model.derived_cells():
+        pre = [_dhs_pre(g, conv, bn, neuron, states[state], cell.size, f"cells.{key}.pre{n}")
+               for n, ((conv, bn, neuron), state) in enumerate(zip(cell.inputs(), (pp, p)))]
+        c = cell.channels
         node_shape = (c, cell.size, cell.size)
         outs = list(pre)
         for i, node in enumerate(cell.nodes):
@@ -284,7 +324,7 @@ def _dhs(model):
                     out = g.neuron(fire, out, node_shape, f"{where}.fire.0")
                 ins.append(out)
             outs.append(g.neuron(node, g.total(node_shape, *ins), node_shape, f"cells.{key}.nodes.{i}"))
-        states[(k, lv)] = ([(o, c) for o in outs[2:]], cell.size)
+        states[own] = ([(o, c) for o in outs[2:]], cell.size)
     parts, size = states[(len(model.path) - 1, model.path[-1])]
     head = model.heads[str(model.path[-1])]
     logits, start = [], 0
@@ -298,7 +338,7 @@ def _dhs(model):
     return g.graph(shape, "input", g.total(out_shape, *logits), out_shape, "DHSNet")
 
 
-def _dhs_pre(g: Graph, pre, state, size: int, where: str) -> str:
+def _dhs_pre(g: Graph, conv: nn.Conv2d, bn: nn.BatchNorm2d, neuron: BaseNode, state, size: int, where: str) -> str:
     """A cell's input: nearest resize (a strided subsampling where the sizes divide) of the concatenated node
     outputs, then its spiking 1x1 conv: one conv node per concatenated part with that part's weight slice."""
     parts, in_size = state
@@ -306,7 +346,6 @@ def _dhs_pre(g: Graph, pre, state, size: int, where: str) -> str:
         raise SpikeSearchError(f"{where}: the nearest resize {in_size}->{size} picks rows unevenly, which a strided "
                                "convolution cannot say (use image sizes the levels divide)")
     stride = in_size // size
-    conv, bn = pre[0].module[0], pre[0].module[1]
     strided = nn.Conv2d(conv.in_channels, conv.out_channels, 1, stride=stride, bias=False)
     strided.weight = conv.weight
     convs, start = [], 0
@@ -314,49 +353,40 @@ def _dhs_pre(g: Graph, pre, state, size: int, where: str) -> str:
         name, shape = g.conv(strided, bn, part, (c, in_size, in_size), f"{where}.0", slice(start, start + c), n == 0)
         convs.append(name)
         start += c
-    return g.neuron(pre[1], g.total(shape, *convs), shape, f"{where}.1")
+    return g.neuron(neuron, g.total(shape, *convs), shape, f"{where}.1")
 
 
 def _converted(model, input_shape):
-    import copy
-
-    from ..convert.converter import BiasShift
-
-    if model.presim:
-        raise SpikeSearchError("an SRP network silences neurons by masks decided at run time (after its --presim "
-                               "steps), which a NIR graph cannot hold; convert with --method percentile")
+    model.method.check_exportable()
     g = Graph()
     src, shape = "input", tuple(input_shape)
     for k, stage in enumerate(model.stages):
-        mods = [copy.deepcopy(m) for m in stage]
-        shift = next((m for m in mods if isinstance(m, BiasShift)), None)
-        if shift is not None:  # calibration's per-channel current: onto the last weighted layer's bias
-            last = [m for m in mods if isinstance(m, (nn.Conv2d, nn.Linear))][-1]
-            with torch.no_grad():
-                last.bias += shift.shift
-            mods.remove(shift)
-        src, shape = g.chain(mods, src, shape, f"stages.{k}")
+        src, shape = g.chain(stage, src, shape, f"stages.{k}")
     src, shape = g.chain(model.output, src, shape, "output")
     return g.graph(input_shape, "input", src, shape, "SpikingNet")
+
+
+def _families() -> list[tuple[type, object, bool]]:
+    """Each exported model family, its graph builder, and whether it needs ``input_shape`` (it does not record
+    its input size). Imported here: export sits above the pillars."""
+    from ..convert.converter import SpikingNet
+    from ..core.models import SpikingCNN
+    from ..dhs.network import DHSNet
+    from ..snasnet.network import SNASNet
+
+    return [(SNASNet, lambda m, shape: _snasnet(m), False), (DHSNet, lambda m, shape: _dhs(m), False),
+            (SpikingCNN, _spiking_cnn, True), (SpikingNet, _converted, True)]
 
 
 def to_nir(model: nn.Module, input_shape: tuple[int, ...] | None = None):
     """The NIR graph of a spikesearch network (eval-mode semantics: dropout off, BatchNorm's running
     statistics). ``input_shape`` (C, H, W) is needed for ``SpikingCNN`` and converted VGGs, which do not
     record their input size."""
-    from ..convert.converter import SpikingNet
-    from ..core.models import SpikingCNN
-    from ..dhs.network import DHSNet
-    from ..snasnet.network import SNASNet
-
-    if isinstance(model, SNASNet):
-        return _snasnet(model)
-    if isinstance(model, DHSNet):
-        return _dhs(model)
-    if isinstance(model, (SpikingCNN, SpikingNet)):
-        if input_shape is None:
-            raise SpikeSearchError(f"{type(model).__name__} does not record its input size: give input_shape=(C, H, W)")
-        return _spiking_cnn(model, input_shape) if isinstance(model, SpikingCNN) else _converted(model, input_shape)
+    for family, build, needs_shape in _families():
+        if isinstance(model, family):
+            if input_shape is None and needs_shape:
+                raise SpikeSearchError(f"{family.__name__} does not record its input size: give input_shape=(C, H, W)")
+            return build(model, input_shape)
     raise SpikeSearchError(f"no NIR export for {type(model).__name__}: SpikingCNN, SNASNet, DHSNet (derived) and "
                            "converted SNNs are exported")
 
