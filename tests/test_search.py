@@ -12,7 +12,6 @@ from spikesearch.search.pareto import hypervolume, pareto_mask
 from spikesearch.search.strategies import halving_cost, pool_of, rungs
 from spikesearch.search.tabular import BenchSpace
 
-FIRING = "firing rate of layers: " + ", ".join(["0.100"] * 15) + ", 0.090"
 
 
 def write_log(root, arch_id, quality, dataset="CIFAR10", epochs=100, params=None, label=None, tiny=False, rows=None,
@@ -37,9 +36,10 @@ def write_log(root, arch_id, quality, dataset="CIFAR10", epochs=100, params=None
     header = ("epoch, train_acc,train_top5, train_loss, val_acc, val_top5, val_loss" if tiny
               else "epoch, train_acc, train_loss, val_acc, val_loss")
     end = f"test top1: {test:.3f}, test tpo5: 75.5" if tiny else f"test accuracy: {test:.3f}"
+    firing = "firing rate of layers: " + ", ".join(f"{r:.3f}" for r in rng.uniform(0.02, 0.3, 16))
     (folder / "train_process.txt").write_text(
         f"architecture id: {arch_id if label is None else label}\nmodel parameters: {params or 17_179_620}\n{header}\n"
-        + "\n".join(lines) + f"\n{end}\n{FIRING}\nElapsed time: 2.0hour1.0minute3.0second\n")
+        + "\n".join(lines) + f"\n{end}\n{firing}\nElapsed time: 2.0hour1.0minute3.0second\n")
     return folder / "train_process.txt"
 
 
@@ -107,7 +107,7 @@ def test_successive_halving_continues_training_and_counts_each_epoch_once(clone)
     study = optuna.create_study(direction="maximize")
     res = search(space, cfg, study)
     epochs = rungs(cfg, 100)
-    assert epochs == [1, 3, 9, 27, 81, 100]
+    assert epochs == [1, 3, 9, 27, 100]
     n0 = max(n for n in range(1, 121) if halving_cost(n, epochs, 3) <= 700)
     # promotion continues training: the cost is n0*1 + n1*(3-1) + ..., not a restart at every rung
     assert res.epochs_spent == halving_cost(n0, epochs, 3) <= 700
@@ -134,3 +134,50 @@ def test_pareto_front_and_hypervolume():
     # reference (60, 12): steps at energy 1, 2, 5, 10 with accuracy 70, 80, 85, 90 above 60
     assert hypervolume(acc, energy, 60, 12) == pytest.approx(1 * 10 + 3 * 20 + 5 * 25 + 2 * 30)
     assert hypervolume(acc, energy, 95, 12) == 0.0
+
+
+def test_search_command_writes_the_run_folder(clone, tmp_path):
+    import json
+
+    from spikesearch.cli.main import main
+
+    runs = tmp_path / "runs"
+    argv = ["search", "--space", "spikenas-bench", "--bench_dir", str(clone), "--budget", "600", "--prefilter_frac",
+            "0.5", "--runs_dir", str(runs), "--quiet", "--seed", "2"]
+    assert main([*argv, "--name", "s"]) == 0
+    res = json.loads((runs / "s/results.json").read_text())
+    table = bench.read_bench(clone)
+    assert res["arch_id"] in table and res["cnt_mat"] == cell_of(res["arch_id"]).tolist()
+    assert 100 <= res["epochs_spent"] <= 600 and res["test_acc"] == table[res["arch_id"]].test_acc
+    study = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(runs / "s/study.journal"))))
+    assert len(study.trials) == res["trials"] and study.best_trial.user_attrs["arch"]["arch_id"] == res["arch_id"]
+    # the same search in memory returns the same cell: the CLI adds storage, not behaviour
+    same = search(BenchSpace(table), SearchConfig(budget=600, prefilter_frac=0.5, seed=2))
+    assert same.arch == res["arch_id"] and same.epochs_spent == res["epochs_spent"]
+
+    assert main([*argv, "--name", "e", "--objectives", "acc,energy", "--strategy", "random", "--budget", "800"]) == 0
+    front = json.loads((runs / "e/results.json").read_text())["front"]
+    assert front["cells"] and 0 < front["hypervolume_share"] <= 1 and (runs / "e/front.png").is_file()
+    energies = [c["energy"] for c in front["cells"]]
+    assert energies == sorted(energies)
+
+    assert main([*argv, "--name", "bad", "--objectives", "energy"]) == 2
+    assert main([*argv, "--name", "bad", "--prefilter", "sahd"]) == 2  # no --scores: one line, no folder
+    assert not (runs / "bad").exists()
+
+
+def test_nasbench_search_refuses_a_torn_proxies_csv(clone, tmp_path, capsys):
+    from spikesearch.cli.main import main
+
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    ids = sorted(bench.read_bench(clone))[:6]
+    rows = [f"{i},80.0,{k}.5,1.0" for k, i in enumerate(ids)]
+    (scores / "proxies.csv").write_text("id,test_acc,sahd,seconds\n" + "\n".join(rows[:5]) + f"\n{ids[5]},80.0,abc\n")
+    argv = ["nasbench", "search", "--bench_dir", str(clone), "--proxy", "sahd", "--scores", str(scores), "--budget", "3",
+            "--repeats", "2", "--runs_dir", str(tmp_path / "runs"), "--quiet"]
+    assert main(argv) == 2
+    assert "proxies.csv:7: a torn or non-numeric row" in capsys.readouterr().err
+    (scores / "proxies.csv").write_text("id,test_acc,sahd,seconds\n" + "\n".join(rows) + "\n")
+    assert main(argv) == 0

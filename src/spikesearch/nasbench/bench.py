@@ -247,3 +247,35 @@ def stratified_sample(records: dict[int, Record], n: int, seed: int, strata: int
     for band, share in zip(bands, take):
         out += rng.choice(band, size=min(len(share), len(band)), replace=False).tolist()
     return sorted(out)
+
+
+def read_scores(folder: str | Path, names: list[str] | None = None) -> dict[str, dict[int, float]]:
+    """The zero-cost columns of a ``nasbench proxies`` run's proxies.csv (all but id, test_acc and seconds, or
+    ``names``), by id. A torn or non-numeric row is one error naming the line (a NaN or inf score is kept: the
+    proxy could not score that cell)."""
+    import csv
+
+    path = Path(folder) / "proxies.csv"
+    if not path.is_file():
+        raise SpikeSearchError(f"--scores {folder}: no proxies.csv (run 'spikesearch nasbench proxies' first)")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "id" not in rows[0]:
+        raise SpikeSearchError(f"{path}: no header with an 'id' column")
+    header = rows[0]
+    cols = [c for c in header if c not in ("id", "test_acc", "seconds")] if names is None else names
+    missing = [c for c in cols if c not in header]
+    if missing:
+        raise SpikeSearchError(f"--scores {folder}: proxies.csv holds no column {missing[0]!r} (it holds "
+                               f"{', '.join(c for c in header if c not in ('id', 'test_acc', 'seconds'))})")
+    out: dict[str, dict[int, float]] = {c: {} for c in cols}
+    for n, row in enumerate(rows[1:], 2):
+        try:
+            if len(row) != len(header):
+                raise ValueError(f"{len(row)} fields, the header has {len(header)}")
+            arch = int(row[header.index("id")])
+            for c in cols:
+                out[c][arch] = float(row[header.index(c)])
+        except ValueError as e:
+            raise SpikeSearchError(f"{path}:{n}: a torn or non-numeric row ({e})") from None
+    return out

@@ -89,7 +89,10 @@ class Ledger:
         ev = self.space.evaluate(arch, epochs)
         self.epochs += ev.cost_epochs
         self.seconds += ev.cost_seconds
-        trial.report(ev.signals[self.cfg.signal], ev.epochs)
+        if len(self.cfg.objectives) == 1:
+            trial.report(ev.signals[self.cfg.signal], ev.epochs)
+        else:  # Optuna keeps no intermediate values for a multi-objective trial
+            trial.set_user_attr(f"{self.cfg.signal}@{ev.epochs}", ev.signals[self.cfg.signal])
         trial.set_user_attr("epochs", ev.epochs)
         return ev
 
@@ -233,9 +236,10 @@ SAMPLERS["nsga2"] = lambda cfg: optuna.samplers.NSGAIISampler(seed=cfg.seed, pop
 
 
 def rungs(cfg: SearchConfig, max_epochs: int, start: int | None = None) -> list[int]:
-    """The epochs of successive halving's rungs: min_epochs x rung_factor^k, then full training."""
+    """The epochs of successive halving's rungs: min_epochs x rung_factor^k while the next rung is still
+    within full training, then full training (1, 3, 9, 27, 100: the last step is at least rung_factor long)."""
     e, out = start or cfg.min_epochs, []
-    while e < max_epochs:
+    while e * cfg.rung_factor <= max_epochs:
         out.append(e)
         e *= cfg.rung_factor
     return out + [max_epochs]
@@ -302,6 +306,7 @@ def sampler_for(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
 
 def new_study(cfg: SearchConfig, storage: str | optuna.storages.BaseStorage | None = None,
               name: str | None = None, load: bool = False) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize"] + (["minimize"] if "energy" in cfg.objectives else [])
     return optuna.create_study(storage=storage, study_name=name, sampler=sampler_for(cfg), directions=directions,
                                load_if_exists=load)
