@@ -24,6 +24,7 @@ from . import convert as convert_command
 from . import dhs as dhs_command
 from . import export as export_command
 from . import nasbench as nasbench_command
+from . import search as search_command
 from . import snasnet as snasnet_command
 
 
@@ -125,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("nasbench", help="proxies and search strategies evaluated on SpikeNAS-Bench's trained table")
     nasbench_command.add_arguments(n, add_common)
+
+    q = sub.add_parser("search", help="budgeted multi-fidelity / accuracy-vs-energy search (Optuna) over SpikeNAS-Bench",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    search_command.add_arguments(q, add_common)
 
     x = sub.add_parser("export", help="write a trained or converted network as NIR (neuromorphic hardware)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -25,6 +25,7 @@ from ..nasbench.bench import (
     id_of,
     reaches_output,
     read_bench,
+    read_scores,
     stratified_sample,
 )
 from ..nasbench.network import GEOMETRIES, BenchNet
@@ -239,12 +240,13 @@ def cmd_search(a: argparse.Namespace) -> dict:
     records = read_bench(a.bench_dir, a.dataset)
     request = RunRequest.from_args(a, a.name, a.runs_dir)
     request.check()
-    scores = _read_scores(Path(a.scores), a.proxy) if a.scores else None
+    scores = read_scores(a.scores, [a.proxy])[a.proxy] if a.scores and a.proxy not in (*TABLE_PROXIES, "random") else None
     proxy = _free_proxy(a.proxy, records, scores)
     space = sorted(scores) if scores is not None and a.proxy not in (*TABLE_PROXIES, "random") else sorted(records)
     if a.strategy == "evolution" and proxy is not None and scores is not None and a.proxy not in TABLE_PROXIES:
         raise SpikeSearchError("--strategy evolution mutates cells anywhere in the space: use a proxy the table "
                                "gives for every cell (params, valacc10) or random search over a scored sample")
+    space = [i for i in space if i in records]  # a scored cell whose log the reader skipped is not drawn
     rng = np.random.default_rng(a.seed)
     curves = {"strategy": [], "random": []}
     for _ in range(a.repeats):
@@ -255,6 +257,8 @@ def cmd_search(a: argparse.Namespace) -> dict:
         curves["random"].append([float(np.mean([records[int(i)].test_acc for i in sample[:b + 1]])) for b in range(a.budget)])
     best = max(records[i].test_acc for i in space)
     run = request.open()
+    if records.report():
+        run.log(records.report())
     mean = {k: np.mean(v, axis=0) for k, v in curves.items()}
     sd = {k: np.std(v, axis=0) for k, v in curves.items()}
     marks = sorted({b for b in (1, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if b <= a.budget} | {a.budget})
@@ -270,19 +274,6 @@ def cmd_search(a: argparse.Namespace) -> dict:
     for line in lines:
         run.log(line)
     return {"final_acc": float(mean["strategy"][-1]), "random_acc": float(mean["random"][-1]), "best": best}
-
-
-def _read_scores(folder: Path, proxy: str) -> dict[int, float]:
-    path = folder / "proxies.csv"
-    if not path.is_file():
-        raise SpikeSearchError(f"--scores {folder}: no proxies.csv (run 'spikesearch nasbench proxies' first)")
-    import csv
-
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or proxy not in rows[0]:
-        raise SpikeSearchError(f"--scores {folder}: proxies.csv holds no column {proxy!r}")
-    return {int(r["id"]): float(r[proxy]) for r in rows}
 
 
 def _random_search(space: list[int], proxy, budget: int, rng: np.random.Generator) -> list[int]:

@@ -1,0 +1,183 @@
+"""The search layer (spikesearch.search) on SpikeNAS-Bench read as a table, and the benchmark reader's hard cases,
+on small clones written here in the benchmark's exact formats (CIFAR's 5-column logs, Tiny-ImageNet's 7)."""
+import numpy as np
+import optuna
+import pytest
+
+from spikesearch import SpikeSearchError
+from spikesearch.nasbench import bench
+from spikesearch.nasbench.bench import cell_of, parse_log, reaches_output
+from spikesearch.search import SearchConfig, search
+from spikesearch.search.pareto import hypervolume, pareto_mask
+from spikesearch.search.strategies import halving_cost, pool_of, rungs
+from spikesearch.search.tabular import BenchSpace
+
+
+
+def write_log(root, arch_id, quality, dataset="CIFAR10", epochs=100, params=None, label=None, tiny=False, rows=None,
+              seed=0):
+    """A train_process.txt as SpikeNAS-Bench writes it. ``quality`` in [0, 1] drives the whole curve, so early
+    epochs predict the end (noisily) as in the real logs."""
+    rng = np.random.default_rng(seed * 100_003 + arch_id)
+    folder = root / "data" / dataset / str(arch_id)
+    folder.mkdir(parents=True)
+    final = 60 + 30 * quality
+    lines = []
+    for e in range(epochs):
+        val = final * (1 - np.exp(-(e + 1) / 8)) + rng.normal(0, 0.4)
+        loss = 2.3 * np.exp(-(e + 1) * (0.05 + 0.1 * quality)) + 0.01
+        cols = [e, min(99.9, val + 5), loss, max(0.0, val), 1.0]
+        if tiny:
+            cols = [e, min(99.9, val + 5), 90.0, loss, max(0.0, val), 95.0, 1.0]
+        lines.append(", ".join(f"{c:.3f}" for c in cols))
+    if rows is not None:
+        lines = [lines[r] for r in rows]
+    test = final + rng.normal(0, 0.2)
+    header = ("epoch, train_acc,train_top5, train_loss, val_acc, val_top5, val_loss" if tiny
+              else "epoch, train_acc, train_loss, val_acc, val_loss")
+    end = f"test top1: {test:.3f}, test tpo5: 75.5" if tiny else f"test accuracy: {test:.3f}"
+    firing = "firing rate of layers: " + ", ".join(f"{r:.3f}" for r in rng.uniform(0.02, 0.3, 16))
+    (folder / "train_process.txt").write_text(
+        f"architecture id: {arch_id if label is None else label}\nmodel parameters: {params or 17_179_620}\n{header}\n"
+        + "\n".join(lines) + f"\n{end}\n{firing}\nElapsed time: 2.0hour1.0minute3.0second\n")
+    return folder / "train_process.txt"
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    """120 live cells of CIFAR-10 whose quality grows with the parameter count (as #params ranks the real ones)."""
+    root = tmp_path_factory.mktemp("bench") / "SpikeNAS-Bench"
+    rng = np.random.default_rng(1)
+    ids = [i for i in rng.permutation(15625)[:400] if reaches_output(cell_of(int(i)))][:120]
+    for i in ids:
+        convs = int((cell_of(int(i)) >= 2).sum())
+        write_log(root, int(i), quality=min(1.0, convs / 6 * 0.6 + rng.uniform(0, 0.4)),
+                  params=17_179_620 + 738_048 * convs)
+    return root
+
+
+def test_tiny_imagenet_logs_parse_by_their_header(tmp_path):
+    log = write_log(tmp_path, 10938, 0.5, dataset="TinyImagenet", tiny=True)
+    rec = parse_log(log)
+    rows = [line.split(", ") for line in log.read_text().splitlines()[3:103]]
+    assert rec.val_acc == pytest.approx([float(r[4]) for r in rows])  # val_acc, not val_top5 (column 5)
+    assert rec.train_loss == pytest.approx([float(r[3]) for r in rows])  # train_loss, not train_top5
+    assert rec.test_acc == pytest.approx(float(log.read_text().split("test top1: ")[1].split(",")[0]))
+    assert rec.seconds == 2 * 3600 + 60 + 3 and len(rec.firing) == 15
+
+
+def test_reader_skips_and_reports_broken_logs(tmp_path):
+    for i in (5, 6, 7):
+        write_log(tmp_path, i, 0.5, dataset="TinyImagenet", tiny=True)
+    write_log(tmp_path, 4880, 0.5, dataset="TinyImagenet", tiny=True, label=2)  # labelled with another id
+    write_log(tmp_path, 15507, 0.5, dataset="TinyImagenet", tiny=True, rows=[99])  # the last epoch's row only
+    table = bench.read_bench(tmp_path, "tinyimagenet")
+    assert sorted(table) == [5, 6, 7]
+    assert table.skipped == {"4880": bench.MISLABELLED, "15507": bench.NO_EPOCH_ROWS}
+    assert "3 records read; skipped 1 logs labelled with another id than their folder; 1 logs without per-epoch rows" \
+        in table.report()
+
+
+def test_reader_range_checks_accuracies(tmp_path):
+    log = write_log(tmp_path, 3, 0.5)
+    text = log.read_text().replace("test accuracy: ", "test accuracy: 99999")
+    log.write_text(text)
+    with pytest.raises(SpikeSearchError, match=r"3/train_process.txt:104: an accuracy must lie in \[0, 100\] %"):
+        parse_log(log)
+
+
+def test_incomplete_cifar10_clone_is_reported(clone):
+    table = bench.read_bench(clone)
+    assert table.missing == 15625 - len(table) and "incomplete clone" in table.report()
+
+
+def test_params_ties_are_broken_at_random_not_by_id(clone):
+    space = BenchSpace(bench.read_bench(clone))
+    space.params[:] = 1.0  # every cell ties
+    cfg = SearchConfig(prefilter="params", prefilter_frac=0.25)
+    pools = [pool_of(space, cfg, np.random.default_rng(s)) for s in range(20)]
+    assert len({tuple(sorted(p)) for p in pools}) == 20
+    ranks = [np.searchsorted(space.ids, p).mean() / len(space.ids) for p in pools]
+    assert 0.35 < np.mean(ranks) < 0.65  # an id-ordered tie-break would sit at 0.125 or 0.875
+
+
+def test_successive_halving_continues_training_and_counts_each_epoch_once(clone):
+    space = BenchSpace(bench.read_bench(clone))
+    cfg = SearchConfig(strategy="sh", budget=700, prefilter=None, eta=3)
+    study = optuna.create_study(direction="maximize")
+    res = search(space, cfg, study)
+    epochs = rungs(cfg, 100)
+    assert epochs == [1, 3, 9, 27, 100]
+    n0 = max(n for n in range(1, 121) if halving_cost(n, epochs, 3) <= 700)
+    # promotion continues training: the cost is n0*1 + n1*(3-1) + ..., not a restart at every rung
+    assert res.epochs_spent == halving_cost(n0, epochs, 3) <= 700
+    states = [t.state for t in study.trials]
+    assert len(states) == n0 and states.count(optuna.trial.TrialState.COMPLETE) == len(res.finals) >= 1
+    assert states.count(optuna.trial.TrialState.PRUNED) == n0 - len(res.finals)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert all(max(t.intermediate_values) < 100 for t in pruned)
+    assert res.arch == max(res.finals, key=lambda f: f["acc"])["arch"]
+
+
+@pytest.mark.parametrize("strategy", ["random", "evolution", "tpe", "sh", "hyperband"])
+def test_every_strategy_stays_within_budget_and_returns_a_trained_cell(clone, strategy):
+    space = BenchSpace(bench.read_bench(clone))
+    res = search(space, SearchConfig(strategy=strategy, budget=1000, prefilter_frac=0.5, warm_start=5, seed=3))
+    assert 100 <= res.epochs_spent <= 1000
+    assert res.arch in space.row and res.arch in {f["arch"] for f in res.finals}
+    assert len({f["arch"] for f in res.finals}) == len(res.finals)  # no cell trained (and paid for) twice
+
+
+def test_pareto_front_and_hypervolume():
+    acc, energy = np.array([90, 80, 85, 70, 85]), np.array([10, 2, 5, 1, 6])
+    assert pareto_mask(acc, energy).tolist() == [True, True, True, True, False]
+    # reference (60, 12): steps at energy 1, 2, 5, 10 with accuracy 70, 80, 85, 90 above 60
+    assert hypervolume(acc, energy, 60, 12) == pytest.approx(1 * 10 + 3 * 20 + 5 * 25 + 2 * 30)
+    assert hypervolume(acc, energy, 95, 12) == 0.0
+
+
+def test_search_command_writes_the_run_folder(clone, tmp_path):
+    import json
+
+    from spikesearch.cli.main import main
+
+    runs = tmp_path / "runs"
+    argv = ["search", "--space", "spikenas-bench", "--bench_dir", str(clone), "--budget", "600", "--prefilter_frac",
+            "0.5", "--runs_dir", str(runs), "--quiet", "--seed", "2"]
+    assert main([*argv, "--name", "s"]) == 0
+    res = json.loads((runs / "s/results.json").read_text())
+    table = bench.read_bench(clone)
+    assert res["arch_id"] in table and res["cnt_mat"] == cell_of(res["arch_id"]).tolist()
+    assert 100 <= res["epochs_spent"] <= 600 and res["test_acc"] == table[res["arch_id"]].test_acc
+    study = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(runs / "s/study.journal"))))
+    assert len(study.trials) == res["trials"] and study.best_trial.user_attrs["arch"]["arch_id"] == res["arch_id"]
+    # the same search in memory returns the same cell: the CLI adds storage, not behaviour
+    same = search(BenchSpace(table), SearchConfig(budget=600, prefilter_frac=0.5, seed=2))
+    assert same.arch == res["arch_id"] and same.epochs_spent == res["epochs_spent"]
+
+    assert main([*argv, "--name", "e", "--objectives", "acc,energy", "--strategy", "random", "--budget", "800"]) == 0
+    front = json.loads((runs / "e/results.json").read_text())["front"]
+    assert front["cells"] and 0 < front["hypervolume_share"] <= 1 and (runs / "e/front.png").is_file()
+    energies = [c["energy"] for c in front["cells"]]
+    assert energies == sorted(energies)
+
+    assert main([*argv, "--name", "bad", "--objectives", "energy"]) == 2
+    assert main([*argv, "--name", "bad", "--prefilter", "sahd"]) == 2  # no --scores: one line, no folder
+    assert not (runs / "bad").exists()
+
+
+def test_nasbench_search_refuses_a_torn_proxies_csv(clone, tmp_path, capsys):
+    from spikesearch.cli.main import main
+
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    ids = sorted(bench.read_bench(clone))[:6]
+    rows = [f"{i},80.0,{k}.5,1.0" for k, i in enumerate(ids)]
+    (scores / "proxies.csv").write_text("id,test_acc,sahd,seconds\n" + "\n".join(rows[:5]) + f"\n{ids[5]},80.0,abc\n")
+    argv = ["nasbench", "search", "--bench_dir", str(clone), "--proxy", "sahd", "--scores", str(scores), "--budget", "3",
+            "--repeats", "2", "--runs_dir", str(tmp_path / "runs"), "--quiet"]
+    assert main(argv) == 2
+    assert "proxies.csv:7: a torn or non-numeric row" in capsys.readouterr().err
+    (scores / "proxies.csv").write_text("id,test_acc,sahd,seconds\n" + "\n".join(rows) + "\n")
+    assert main(argv) == 0
