@@ -2,7 +2,7 @@
 proxy of a ``nasbench proxies`` run (over the architectures it scored), by #params and by 10-epoch validation
 accuracy (over the whole table), against random choice and the table's best.
 
-    spikesearch nasbench proxies --bench_dir B --sample 300 --seed 0 --width 0.125 --name nasbench-proxies
+    spikesearch nasbench proxies --bench_dir B --sample 300 --seed 0 --width 0.125 --inputs noise --name nasbench-proxies
     python benchmarks/nasbench_search.py --bench_dir B --scores runs/nasbench-proxies --budget 100 --repeats 100
 """
 from __future__ import annotations
@@ -16,9 +16,10 @@ import numpy as np
 
 from spikesearch.cli.main import main as cli
 from spikesearch.measure.plots import _save, plt
+from spikesearch.nasbench.proxies import PROXIES
 
-SCORED = ("sahd", "sahd-sum", "naswot", "sahd-last", "firing")
-TABLE = ("params", "valacc10")
+TABLE = ("params", "valacc10")  # given by the benchmark's logs for every cell: drawn from the whole table
+SCORED = tuple(n for n in PROXIES if n not in TABLE)  # the zero-cost table's scores of the proxies run's sample
 
 
 def main() -> None:

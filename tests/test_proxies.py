@@ -78,7 +78,7 @@ def test_swap_is_the_official_unique_count_of_sample_wise_patterns():
     """The official SWAP (pym1024/SWAP, src/metrics/swap.py): the hooked activations of the first samples,
     concatenated per sample into [samples, features], sign(), transposed, and torch.unique(dim=0) rows counted;
     the score averages over the scoring batches."""
-    net, (xs, ys) = _net(), _inputs()
+    net, (xs, _) = _net(), _inputs()
     official = []
     for x in xs:
         acts = torch.cat([s[:SWAP_SAMPLES].reshape(SWAP_SAMPLES, -1) for s in _spatial_spikes(net, x)], 1)
