@@ -95,7 +95,9 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(2)  # the CI machine's cores, whatever this one has
     seed_everything(a.seed)
-    train, test, info = make_loaders("fmnist-small", None, 64, device, a.seed, None, a.eval_size, eval_batch_size=250)
+    # best.pt is chosen on 10 % of the training images held out (never on the test set)
+    train, val, test, info = make_loaders("fmnist-small", None, 64, device, a.seed, None, a.eval_size, eval_batch_size=250,
+                                          val_fraction=0.1)
     norm = [x for x, _ in BatchLoader(train.data.subset(a.norm), 250, train.augment, False, device)]
     curves, ann_acc, per_step, rows, trained = {}, {}, {}, [], {}
     for binary in (False, True):
@@ -111,14 +113,14 @@ def main() -> None:
             cfg = TrainConfig(epochs=a.epochs, optimizer="adam", lr=1e-3, weight_decay=0, progress=False, seed=a.seed)
             # a finished or interrupted ANN of the same settings is continued, not retrained (--overwrite retrains)
             config = {"ann": name, "epochs": a.epochs, "width": a.width, "levels": a.levels, "seed": a.seed,
-                      "eval_size": a.eval_size, "norm": a.norm, "optimizer": "adam", "lr": 1e-3}
+                      "eval_size": a.eval_size, "norm": a.norm, "optimizer": "adam", "lr": 1e-3, "val_fraction": 0.1}
             path = a.out / name.replace(" ", "_")
             run = Run(path.name, a.out, quiet=True, config=config, resume=holds_run(path) and not a.overwrite,
                       overwrite=a.overwrite)
-            summary = Trainer(ann, train, test, cfg, run).fit()
+            summary = Trainer(ann, train, test, cfg, run, val=val).fit()
             best = torch.load(run.path / "checkpoints/best.pt", weights_only=True, map_location=device)
             ann.load_state_dict(best["model"])
-            best_epoch = max(range(len(summary["history"])), key=lambda i: summary["history"][i]["test_acc"] or -1) + 1
+            best_epoch = summary["best_epoch"]
             trained[name] = {"best_epoch": best_epoch, "epochs": a.epochs,
                              "train_seconds": sum(h["seconds"] for h in summary["history"])}
             ann.eval()

@@ -35,7 +35,7 @@ def main() -> None:
     ann = VGG(VGGConfig(width=a.width, batchnorm=True, binary="binary" in a.ann, levels=a.levels,
                         activation="qcfs" if "QCFS" in a.ann else "relu")).eval()
     ann.load_state_dict(torch.load(a.bench / a.ann / "checkpoints/best.pt", weights_only=True)["model"])
-    train, test, _ = make_loaders("fmnist-small", None, 64, torch.device("cpu"), 0, None, a.images, eval_batch_size=a.images)
+    train, _, test, _ = make_loaders("fmnist-small", None, 64, torch.device("cpu"), 0, None, a.images, eval_batch_size=a.images)
     norm = [x for x, _ in BatchLoader(train.data.subset(1000), 250, train.augment, False)]
     x = next(iter(test))[0]
     reports = {}

@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/bench/nir_interop"))
     a = ap.parse_args()
     seed_everything(0)
-    train, test, info = make_loaders("fmnist-small", None, 64, torch.device("cpu"), 0, 2000, a.images)
+    train, _, test, info = make_loaders("fmnist-small", None, 64, torch.device("cpu"), 0, 2000, a.images)
     model = SpikingCNN(1, 10, 28, widths=(16, 32), timesteps=a.timesteps, tau=2.0)
     Trainer(model, train, test, TrainConfig(epochs=1, optimizer="adam", lr=5e-3, weight_decay=0, progress=False),
             Run("ann", a.out, quiet=True, overwrite=True)).fit()

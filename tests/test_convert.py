@@ -44,7 +44,7 @@ def data():
 
 def trained(data, net, tmp_path, epochs=2):
     seed_everything(0)
-    tr, te, _ = data
+    tr, te = data.train, data.test
     Trainer(net, tr, te, TrainConfig(epochs=epochs, optimizer="adam", lr=3e-3, weight_decay=0, progress=False),
             Run("ann", tmp_path, quiet=True)).fit()
     return net.eval()
@@ -62,7 +62,7 @@ def predictions(model, loader):
 def test_converted_net_agrees_with_ann_at_large_t(data, tmp_path):
     ann = trained(data, small_net(), tmp_path)
     snn, lams = convert(ann, norm_batches(data), ConvertConfig(percentile=100.0))
-    te = data[1]
+    te = data.test
     with torch.no_grad():
         ann_pred = predictions(ann, te)
         snn_pred = torch.cat([snn.simulate(x, 512, one_step=True)[-1].argmax(1) for x, _ in te])
@@ -210,10 +210,10 @@ def test_percentile_histogram_matches_numpy():
 
 def test_qcfs_converts_at_low_latency(data, tmp_path):
     ann = trained(data, small_net(act=lambda: QCFS(levels=4, init_threshold=4.0)), tmp_path)
-    _, ann_acc = evaluate(ann, data[1])
+    _, ann_acc = evaluate(ann, data.test)
     snn, lams = convert(ann, [])
     assert snn.stages[0][-1].v_init == 0.5
-    res = evaluate_snn(snn, data[1], 8, one_step=True, progress=False)
+    res = evaluate_snn(snn, data.test, 8, one_step=True, progress=False)
     assert res["accuracy"][-1] >= ann_acc - 0.03, (res["accuracy"], ann_acc)
     assert res["spikes"]["mean_firing_rate"] > 0
 
@@ -282,7 +282,7 @@ def test_conversion_on_cuda_matches_the_cpu(data, tmp_path):
     the CPU's thresholds and predictions (a CPU-made threshold once broke ``convert --gpu``)."""
     ann = trained(data, small_net(bn=True), tmp_path, epochs=1)
     batches = norm_batches(data, 250)
-    x = next(iter(data[1]))[0]
+    x = next(iter(data.test))[0]
     results = []
     for dev in ("cpu", "cuda"):
         snn, lams = convert(copy.deepcopy(ann).to(dev), [b.to(dev) for b in batches])
@@ -324,7 +324,7 @@ def test_calibration_reduces_the_rate_error_it_is_fitted_for(data, tmp_path):
 
     ann = trained(data, small_net(), tmp_path)
     x = norm_batches(data, 256)
-    test = torch.cat([b for b, _ in data[1]])[:256]
+    test = torch.cat([b for b, _ in data.test])[:256]
     errors = {}
     for method in ("percentile", "calibrate"):
         snn, _ = convert(copy.deepcopy(ann), x, ConvertConfig(percentile=99.9, method=method, v_init=0.5, calib_timesteps=8))
@@ -337,7 +337,7 @@ def test_layer_report_error_shrinks_with_t_and_saturation_is_counted(data, tmp_p
 
     ann = trained(data, small_net(), tmp_path, epochs=1)
     snn, lams = convert(ann, norm_batches(data, 256), ConvertConfig(percentile=99.0))
-    test = torch.cat([b for b, _ in data[1]])[:128]
+    test = torch.cat([b for b, _ in data.test])[:128]
     rows = layer_report(snn, test, [2, 64], one_step=True)
     assert all(r["per_t"][64]["mae"] < r["per_t"][2]["mae"] for r in rows)
     with torch.no_grad():  # the first layer's saturation by hand: the ANN's ReLU above the 99th percentile

@@ -172,6 +172,6 @@ def test_time_major_batches_from_the_loader(tmp_path):
     from spikesearch.train.pipeline import make_loaders
 
     write_nmnist_tree(tmp_path / "nm", per_class=1)
-    train, _, _ = make_loaders("nmnist", str(tmp_path / "nm"), 4, torch.device("cpu"), 0, frames=3)
+    train, _, _, _ = make_loaders("nmnist", str(tmp_path / "nm"), 4, torch.device("cpu"), 0, frames=3)
     x, y = next(iter(train))
     assert x.shape == (3, 4, 2, 34, 34) and y.shape == (4,)

@@ -20,7 +20,7 @@ from spikesearch.train.pipeline import make_loaders
 
 @pytest.fixture(scope="module")
 def setup():
-    train, _, _ = make_loaders("fmnist-small", None, 64, torch.device("cpu"), 0, 256, 64)
+    train, _, _, _ = make_loaders("fmnist-small", None, 64, torch.device("cpu"), 0, 256, 64)
     cfg = SearchConfig(num_search=12, seed=3, score=ScoreConfig(batch_size=16, repeats=1))
     build = SNASNetBuilder("backward", macro_config("fmnist-small"), 5, 4 / 3, 1.0, "atan:2")
     batches = scoring_batches(train, cfg.score, cfg.seed)

@@ -1,8 +1,11 @@
+import csv
+import json
+
 import pytest
 import torch
 from torch import nn
 
-from spikesearch import IF, SpikeSearchError, SpikingCNN, TrainConfig, Trainer
+from spikesearch import IF, SpikeSearchError, SpikingCNN, TrainConfig, Trainer, load_dataset
 from spikesearch.measure.spikes import SpikeCounter
 from spikesearch.runs import Run
 from spikesearch.train.checkpoint import load_checkpoint, load_model_weights
@@ -21,7 +24,7 @@ def small_net():
 
 def fit(tmp_path, name, epochs, resume=False, lr=2e-3, n_train=512):
     seed_everything(0)
-    tr, te, _ = loaders(n_train)
+    tr, _, te, _ = loaders(n_train)
     model = small_net()
     cfg = TrainConfig(epochs=epochs, optimizer="adam", lr=lr, weight_decay=0, progress=False)
     result = Trainer(model, tr, te, cfg, Run(name, tmp_path, quiet=True, resume=resume)).fit()
@@ -78,7 +81,7 @@ def test_checkpoint_for_other_architecture_names_layers(tmp_path):
 def test_nan_loss_stops_cleanly_and_keeps_last_checkpoint(tmp_path):
     fit(tmp_path, "nan", 1)
     before = (tmp_path / "nan/checkpoints/last.pt").read_bytes()
-    tr, te, _ = loaders()
+    tr, _, te, _ = loaders()
     model = small_net()
     model.classifier.register_forward_hook(lambda m, i, out: out * float("nan"))  # diverges in epoch 2
     trainer = Trainer(model, tr, te, TrainConfig(epochs=2, progress=False), Run("nan", tmp_path, quiet=True, resume=True))
@@ -127,7 +130,7 @@ def test_wrong_input_shape_is_clear_error():
 
 
 def test_nan_loss_before_any_checkpoint_does_not_name_one(tmp_path):
-    tr, te, _ = loaders()
+    tr, _, te, _ = loaders()
     model = small_net()
     model.classifier.register_forward_hook(lambda m, i, out: out * float("nan"))
     trainer = Trainer(model, tr, te, TrainConfig(epochs=1, progress=False), Run("nan", tmp_path, quiet=True))
@@ -161,3 +164,72 @@ def test_rank_statistics_match_their_definitions():
     assert spearman(a, b) == pytest.approx(np.corrcoef(ra, rb)[0, 1])
     assert spearman(a, -a) == pytest.approx(-1) and kendall_tau_b(b, b) == pytest.approx(1)
     assert top_k_overlap([5, 4, 3, 2], [5, 1, 3, 2], 2) == 0.5
+
+
+def test_best_checkpoint_is_chosen_on_validation_never_on_test(tmp_path, monkeypatch):
+    """Validation and test disagree on purpose: best.pt must follow validation, and the reported best test
+    accuracy is that checkpoint's, not the highest test figure."""
+    from spikesearch.train import trainer as trainer_module
+
+    tr, val, te, _ = make_loaders("fmnist-small", None, 64, torch.device("cpu"), 0, 256, 64, val_fraction=0.25)
+    scripted = {id(val): iter([0.5, 0.9, 0.6]), id(te): iter([0.9, 0.5, 0.7])}
+    monkeypatch.setattr(trainer_module, "evaluate", lambda model, loader, amp=False: (1.0, next(scripted[id(loader)])))
+    result = Trainer(small_net(), tr, te, TrainConfig(epochs=3, progress=False), Run("val", tmp_path, quiet=True),
+                     val=val).fit()
+    assert (result["best_epoch"], result["best_val_acc"], result["best_test_acc"]) == (2, 0.9, 0.5)
+    assert result["final_test_acc"] == 0.7
+    assert torch.load(tmp_path / "val/checkpoints/best.pt", weights_only=True)["epoch"] == 1  # 0-based: epoch 2
+    header, *rows = (tmp_path / "val/metrics.csv").read_text().splitlines()
+    assert "val_acc" in header.split(",") and len(rows) == 3
+
+
+def test_validation_split_is_held_out_seeded_and_sized():
+    from spikesearch.data.datasets import hold_out
+
+    train, _, _ = load_dataset("fmnist-small")
+    part = train.subset(1000)
+    kept, val = hold_out(part, 0.1, seed=3)
+    assert (len(kept), len(val)) == (900, 100)
+    # disjoint and together the whole subset: compare the images themselves
+    flat = lambda s: {bytes(img.numpy()) for img in s.images}  # noqa: E731
+    assert not flat(kept) & flat(val) and flat(kept) | flat(val) == flat(part)
+    again, val_again = hold_out(part, 0.1, seed=3)
+    assert torch.equal(val.images, val_again.images)
+    _, other = hold_out(part, 0.1, seed=4)
+    assert not torch.equal(val.images, other.images)
+    assert hold_out(part, 0.0, seed=3) == (part, None)
+    with pytest.raises(SpikeSearchError, match="validation fraction"):
+        hold_out(part.subset(5), 0.05, seed=0)  # rounds to no validation image
+
+
+def test_train_command_records_the_split_and_reports_both_checkpoints(tmp_path):
+    from spikesearch.cli.main import main
+
+    assert main(["train", "--epochs", "2", "--train_subset", "400", "--test_subset", "100", "--widths", "8", "16",
+                 "--timestep", "2", "--quiet", "--runs_dir", str(tmp_path), "--val_fraction", "0.2"]) == 0
+    cfg = json.loads((tmp_path / "train/config.json").read_text())
+    res = json.loads((tmp_path / "train/results.json").read_text())
+    assert cfg["val_fraction"] == 0.2 and (res["train_images"], res["val_images"]) == (320, 80)
+    rows = list(csv.DictReader((tmp_path / "train/metrics.csv").open()))
+    best = max(range(2), key=lambda i: float(rows[i]["val_acc"]))
+    assert res["best_epoch"] == best + 1 and res["best_test_acc"] == pytest.approx(float(rows[best]["test_acc"]))
+    assert res["test_acc"] == pytest.approx(float(rows[-1]["test_acc"]))  # the final epoch's, spikes counted on it
+
+
+def test_step_scheduler_is_one_schedule_everywhere():
+    """`--scheduler step` in train, train-ann and snasnet is SNASNet's official step: lr/10 at 50 % and 75 %."""
+    from spikesearch.train.trainer import SCHEDULERS
+
+    def lrs(scheduler, epochs=8):
+        cfg = TrainConfig(epochs=epochs, lr=1.0, scheduler=scheduler)
+        opt = OPTIMIZERS.get("sgd")(torch.nn.Linear(1, 1).parameters(), cfg)
+        sched = SCHEDULERS.get(scheduler)(opt, cfg)
+        out = []
+        for _ in range(epochs):
+            out.append(round(opt.param_groups[0]["lr"], 6))
+            opt.step()
+            sched.step()
+        return out
+
+    assert lrs("step") == [1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01]
+    assert lrs("periodic", 61)[29:32] == [1, 0.1, 0.1]  # every step_size (30) epochs

@@ -12,6 +12,16 @@ SEED_MAX = 2**32 - 1  # numpy's seed range
 TIME_MAX = 10_000
 # the keyword that takes --tau, per neuron that has one
 TAU_ARGUMENT = {"lif": "tau", "plif": "init_tau"}
+SCHEDULER_HELP = ("the same in every command: cosine to lr/100; step = lr/10 at 50%% and 75%% of the epochs "
+                  "(SNASNet's official step); multistep = step at the recipe's milestones; periodic = lr*gamma "
+                  "every step_size epochs; none")
+
+
+def add_validation(p: argparse.ArgumentParser) -> None:
+    """The held-out split that chooses a "best" checkpoint (never the test set)."""
+    p.add_argument("--val_fraction", type=_checked(float, lambda v: 0 <= v < 1, "must be in [0, 1)"), default=0.1,
+                   help="seeded fraction of the training images held out to choose the best epoch; 0: none, "
+                        "the last epoch is reported")
 
 
 def _parse(s: str, kind: type) -> float | int:

@@ -26,7 +26,7 @@ from . import args as arg
 RECIPES = {
     "fp": dict(optimizer="sgd", lr=5e-2, momentum=0.9, weight_decay=1e-4, scheduler="multistep",
                milestones=[81, 122], gamma=0.1, epochs=200, batch_size=256),
-    "binary": dict(optimizer="adam", lr=5e-4, weight_decay=5e-4, weight_decay_epochs=30, scheduler="step",
+    "binary": dict(optimizer="adam", lr=5e-4, weight_decay=5e-4, weight_decay_epochs=30, scheduler="periodic",
                    step_size=30, gamma=0.5, epochs=200, batch_size=256),
     "short": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="cosine", epochs=8, batch_size=64),
 }
@@ -47,8 +47,9 @@ def cmd_train_ann(a: argparse.Namespace) -> dict:
     cfg.validate()
     request = RunRequest.from_args(a, *split_job_dir(a.job_dir), overridable=TRAIN_ANN_OVERRIDES, recipe=recipe)
     request.check()
-    train, test, info = make_loaders(a.dataset, a.data_dir, cfg.batch_size, device, a.seed, a.train_subset, a.test_subset,
-                                     frames=a.frames, split_by=a.event_split)
+    loaders = make_loaders(a.dataset, a.data_dir, cfg.batch_size, device, a.seed, a.train_subset, a.test_subset,
+                           frames=a.frames, split_by=a.event_split, val_fraction=a.val_fraction)
+    train, info = loaders.train, loaders.info
     vcfg = VGGConfig(arch=a.arch, num_classes=info.num_classes, in_channels=info.channels, image_size=info.size,
                      width=a.width, batchnorm=a.batchnorm, binary=a.binary, activation=a.activation, levels=a.levels)
     vcfg.validate()
@@ -60,12 +61,13 @@ def cmd_train_ann(a: argparse.Namespace) -> dict:
         lams = init_thresholds(model, first)
         run.log(f"QCFS thresholds initialised from the 99.9th percentile of 512 images: {[round(v, 3) for v in lams]}")
     kind = f"{'binary' if a.binary else 'full-precision'} {a.arch}{' +BN' if a.batchnorm else ''} ({a.activation})"
-    result = train_and_report(model, train, test, cfg, run, 1, f"{kind} ANN on {a.dataset}", resume=run.resumed)
+    result = train_and_report(model, loaders, cfg, run, 1, f"{kind} ANN on {a.dataset}", resume=run.resumed)
     best = load_checkpoint(run.path / "checkpoints" / "best.pt", device)
     buf = io.BytesIO()
     torch.save({"model": best["model"], "meta": model.meta(), "test_acc": result["best_test_acc"]}, buf)
     atomic_write_bytes(run.file("model.pt"), buf.getvalue())
-    run.log(f"model file: {run.file('model.pt')} (best epoch, test accuracy {100 * result['best_test_acc']:.2f}%)")
+    run.log(f"model file: {run.file('model.pt')} (epoch {result['best_epoch']}, chosen on the validation split; "
+            f"its test accuracy {100 * result['best_test_acc']:.2f}%)")
     return result
 
 
@@ -101,8 +103,8 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     folder = request.check()
     if a.results_file:
         check_output(a.results_file, "--results-file", a.overwrite, [a.model, a.data, folder])
-    train, test, info = make_loaders(a.dataset, a.data, a.batch_size, device, a.seed, None, a.eval_size,
-                                     eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
+    train, _, test, info = make_loaders(a.dataset, a.data, a.batch_size, device, a.seed, None, a.eval_size,
+                                        eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
     ann = load_vgg(a.model, a, info).to(device).eval()
     cfg = ConvertConfig(a.percentile, a.channel_wise, a.v_init, a.method, a.presim, a.calib_timesteps, a.calib_images)
     method = resolve_method(cfg, ann.cfg.activation == "qcfs")
@@ -171,6 +173,7 @@ def add_train_ann_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=arg.seed, default=0)
     p.add_argument("--train_subset", type=arg.positive_int, default=None)
     p.add_argument("--test_subset", type=arg.positive_int, default=None)
+    arg.add_validation(p)
     add_model_flags(p)
 
 

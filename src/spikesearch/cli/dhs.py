@@ -160,8 +160,9 @@ def cmd_train(a: argparse.Namespace) -> dict:
     seed_everything(a.seed)
     cfg = DHSConfig(levels=saved.get("levels", max(g.path) + 1), mix=saved.get("mix", "membrane"), stem_stride=a.stem_stride,
                     channels=a.train_channels, timesteps=a.timestep, dgs=a.dgs)
-    train, test, info = make_loaders(a.dataset, a.data_dir, a.train_batch_size, device, a.seed, a.train_subset, a.test_subset,
-                                     frames=cfg.timesteps, split_by=a.event_split)
+    loaders = make_loaders(a.dataset, a.data_dir, a.train_batch_size, device, a.seed, a.train_subset, a.test_subset,
+                           frames=cfg.timesteps, split_by=a.event_split, val_fraction=a.val_fraction)
+    info = loaders.info
     model = DHSNet(cfg, info.channels, info.num_classes, info.size, genotype=g).to(device)
     run = request.open()  # only after the inputs checked out: a failed command writes nothing
     kept = run.file("genotype.json")
@@ -176,7 +177,7 @@ def cmd_train(a: argparse.Namespace) -> dict:
                        weight_decay=a.weight_decay, seed=a.seed, progress=not a.quiet)
     result = {"genotype": genotype_summary(g), "channels": cfg.channels, "timesteps": cfg.timesteps}
     hooks = [dgs_during_training(model, a.dgs_every, a.dgs_steps)] if a.dgs else []
-    result.update(train_and_report(model, train, test, tcfg, run, cfg.timesteps,
+    result.update(train_and_report(model, loaders, tcfg, run, cfg.timesteps,
                                    f"SpikeDHS genotype on {a.dataset} (C={cfg.channels}, T={cfg.timesteps})",
                                    resume=run.resumed, epoch_hooks=hooks))
     run.save_json("results.json", result)
@@ -255,5 +256,6 @@ def add_arguments(p: argparse.ArgumentParser, add_common) -> None:
                    help="keep searching each node's surrogate temperature b while training (official train.py --use_DGS)")
     t.add_argument("--dgs_every", type=arg.positive_int, default=5, help="epochs between DGS phases (official: 5)")
     t.add_argument("--dgs_steps", type=arg.positive_int, default=20, help="hypergradient steps per DGS phase")
+    arg.add_validation(t)
     add_common(t)
     t.set_defaults(func=cmd_train)

@@ -110,7 +110,7 @@ def _reconvert(cfg: dict) -> torch.nn.Module:
     from .convert import load_vgg
 
     a = Namespace(**cfg)
-    train, _, info = make_loaders(a.dataset, a.data, a.batch_size, torch.device("cpu"), a.seed, None, a.eval_size,
+    train, _, _, info = make_loaders(a.dataset, a.data, a.batch_size, torch.device("cpu"), a.seed, None, a.eval_size,
                                   eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
     ann = load_vgg(a.model, a, info).eval()
     batches = [x for x, _ in BatchLoader(train.data.subset(a.norm), a.batch_size, train.augment, False)]

@@ -18,7 +18,7 @@ from ..data.events import SPLITS
 from ..runs import RunRequest
 from ..train.pipeline import make_loaders, train_and_report
 from ..train.setup import pick_device, seed_everything
-from ..train.trainer import TrainConfig, overridable
+from ..train.trainer import SCHEDULERS, TrainConfig, overridable
 from . import args as arg
 from . import convert as convert_command
 from . import dhs as dhs_command
@@ -47,15 +47,16 @@ def cmd_train(a: argparse.Namespace) -> dict:
     request = RunRequest.from_args(a, a.name, a.runs_dir, overridable=TRAIN_OVERRIDES)
     request.check()
     seed_everything(a.seed)
-    train, test, info = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset,
-                                     frames=a.timestep, split_by=a.event_split)
+    loaders = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset,
+                           frames=a.timestep, split_by=a.event_split, val_fraction=a.val_fraction)
+    info = loaders.info
     tau_kw = {arg.TAU_ARGUMENT[a.neuron]: a.tau} if a.neuron in arg.TAU_ARGUMENT else {}
     model = SpikingCNN(info.channels, info.num_classes, info.size, a.widths, a.timestep, a.neuron,
                        surrogate=a.surrogate, **tau_kw)
     run = request.open()  # only after the inputs checked out: a failed command writes nothing
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
                       weight_decay=a.weight_decay, scheduler=a.scheduler, seed=a.seed, progress=not a.quiet)
-    return train_and_report(model.to(device), train, test, cfg, run, a.timestep,
+    return train_and_report(model.to(device), loaders, cfg, run, a.timestep,
                             f"SpikingCNN {list(a.widths)} ({a.neuron}) on {a.dataset}", resume=run.resumed)
 
 
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", default="adam", choices=["sgd", "adam"])
     t.add_argument("--lr", type=arg.positive_float, default=1e-3)
     t.add_argument("--weight_decay", type=arg.nonneg_float, default=0.0)
-    t.add_argument("--scheduler", default="cosine", choices=["cosine", "multistep", "step", "none"])
+    t.add_argument("--scheduler", default="cosine", choices=SCHEDULERS.names(), help=arg.SCHEDULER_HELP)
     t.add_argument("--timestep", type=arg.positive_int, default=4)
     t.add_argument("--neuron", default="lif", choices=NEURONS.names())
     t.add_argument("--tau", type=arg.tau, default=2.0)
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=arg.seed, default=0)
     t.add_argument("--train_subset", type=arg.positive_int, default=None)
     t.add_argument("--test_subset", type=arg.positive_int, default=None)
+    arg.add_validation(t)
     add_common(t)
     t.set_defaults(func=cmd_train)
 
@@ -183,9 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         distributed.leave()
         signal.signal(signal.SIGTERM, previous)
     if code == 0 and isinstance(result, dict) and speaks:
-        acc = result.get("test_acc")
+        acc, best = result.get("test_acc"), result.get("best_test_acc")
         if acc is not None:
-            print(f"test accuracy: {100 * acc:.2f}%")
+            chosen = (f"; epoch {result['best_epoch']}, chosen on the validation split: {100 * best:.2f}%"
+                      if result.get("val_images") and best is not None else "")
+            print(f"test accuracy: {100 * acc:.2f}% (final epoch){chosen}")
         folders = run_module.opened()[before:]
         if folders:
             print(f"run folder: {folders[-1]}")

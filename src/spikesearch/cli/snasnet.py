@@ -20,7 +20,7 @@ from ..snasnet.space import PUBLISHED, check_matrix, describe, format_cnt_mat, p
 from ..train.checkpoint import load_checkpoint, load_model_weights
 from ..train.pipeline import make_loaders, report, train_and_report
 from ..train.setup import pick_device, seed_everything
-from ..train.trainer import TrainConfig, overridable
+from ..train.trainer import SCHEDULERS, TrainConfig, overridable
 from . import args as arg
 
 # The paper's recipe (SGD 0.1, momentum 0.9, weight decay 5e-4, cosine to 0.001, 300 epochs) is the
@@ -55,11 +55,8 @@ OVERRIDES = overridable({"epochs": "epochs", "learning_rate": "lr", "optimizer":
 
 
 def train_config(a: argparse.Namespace) -> TrainConfig:
-    """The official recipe's names: ``--scheduler step`` is the official step schedule, the learning rate
-    divided by 10 at 50 % and 75 % of the epochs (``MultiStepLR``), not a step every 30 epochs."""
-    scheduler = "multistep" if a.scheduler == "step" else a.scheduler
     return TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.learning_rate,
-                       momentum=a.momentum, weight_decay=a.weight_decay, scheduler=scheduler, gamma=0.1, seed=a.seed,
+                       momentum=a.momentum, weight_decay=a.weight_decay, scheduler=a.scheduler, gamma=0.1, seed=a.seed,
                        eval_interval=a.val_interval, progress=not a.quiet)
 
 
@@ -102,8 +99,9 @@ def run_snasnet(a: argparse.Namespace) -> dict:
     request.check()
     macro = macro_config(a.dataset, second_avgpooling=a.second_avgpooling)
     make_surrogate(a.surrogate)  # a bad name fails here, before anything is written
-    train, test, _ = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset,
-                                  frames=a.timestep, split_by=a.event_split)
+    loaders = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset,
+                           frames=a.timestep, split_by=a.event_split, val_fraction=a.val_fraction)
+    train, test = loaders.train, loaders.test
     given = parse_cnt_mat(a.cnt_mat) if a.cnt_mat else None
     mat = check_matrix(given, a.celltype) if given is not None else None
     if a.ray_address and not a.workers:
@@ -154,7 +152,7 @@ def run_snasnet(a: argparse.Namespace) -> dict:
     elif not a.search_only:
         seed_everything(a.seed)
         model = build(mat)
-        result.update(train_and_report(model, train, test, train_config(a), run, a.timestep, title, resume=run.resumed))
+        result.update(train_and_report(model, loaders, train_config(a), run, a.timestep, title, resume=run.resumed))
     # after the work: a resumed run writes nothing before its checkpoint is restored (Run.started)
     plot_cell(mat, run.file("cell.png"), f"{a.celltype} cell  --cnt_mat {format_cnt_mat(mat)}")
     run.save_json("results.json", result)
@@ -175,8 +173,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--celltype", default="backward", choices=["forward", "backward"])
     g.add_argument("--second_avgpooling", type=arg.positive_int, default=2, help="pooling size after cell 2")
     g.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help="default: sgd (paper); adam on fmnist-small")
-    g.add_argument("--scheduler", default="cosine", choices=["cosine", "multistep", "step", "none"],
-                   help="cosine: to lr/100 (official); step (official) = multistep: lr/10 at 50%% and 75%% of the epochs")
+    g.add_argument("--scheduler", default="cosine", choices=SCHEDULERS.names(), help=arg.SCHEDULER_HELP)
     g.add_argument("--learning_rate", type=arg.positive_float, default=None, help="default: 0.1 (paper); 3e-3 on fmnist-small")
     g.add_argument("--momentum", type=arg.fraction, default=0.9)
     g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=arg.nonneg_float, default=None,
@@ -217,3 +214,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--surrogate", default="atan:2", help="name[:alpha], e.g. atan:2, sigmoid:4, triangle:1")
     o.add_argument("--train_subset", type=arg.positive_int, default=None, help="use only the first N training images")
     o.add_argument("--test_subset", type=arg.positive_int, default=None)
+    arg.add_validation(o)

@@ -42,9 +42,11 @@ class ImageSet:
         return self.images[i], int(self.labels[i])
 
     def subset(self, n: int | None) -> "ImageSet":
-        if n is None or n >= len(self):
-            return self
-        return ImageSet(self.images[:n], self.labels[:n], self.classes)
+        return self if n is None or n >= len(self) else self.select(range(n))
+
+    def select(self, index: Sequence[int]) -> "ImageSet":
+        index = torch.as_tensor(list(index), dtype=torch.long)
+        return ImageSet(self.images[index], self.labels[index], self.classes)
 
 
 class FileImageSet(torch.utils.data.Dataset):
@@ -71,9 +73,11 @@ class FileImageSet(torch.utils.data.Dataset):
         return torch.from_numpy(arr.copy()).permute(2, 0, 1), int(self.labels[i])
 
     def subset(self, n: int | None) -> "FileImageSet":
-        if n is None or n >= len(self):
-            return self
-        return FileImageSet(self.files[:n], self.labels[:n].tolist(), self.classes, self.size)
+        return self if n is None or n >= len(self) else self.select(range(n))
+
+    def select(self, index: Sequence[int]) -> "FileImageSet":
+        index = list(index)
+        return FileImageSet([self.files[i] for i in index], self.labels[index].tolist(), self.classes, self.size)
 
 
 @dataclass(frozen=True)
@@ -360,3 +364,20 @@ def load_dataset(name: str, root: str | Path | None = None, frames: int | None =
     check_split(info, "train", train)
     check_split(info, "test", test)
     return train, test, info
+
+
+def hold_out(data, fraction: float, seed: int):
+    """Split a training set into ``(train, val)``: a seeded random ``fraction`` of it held out as the
+    validation split that chooses a "best" checkpoint, so no reported figure is selected on the test set.
+    ``fraction`` 0 holds nothing out (``val`` is None: the last epoch is the only checkpoint reported)."""
+    if not 0 <= fraction < 1:
+        raise SpikeSearchError(f"the validation fraction must be in [0, 1), got {fraction}")
+    n_val = round(fraction * len(data))
+    if fraction == 0:
+        return data, None
+    if not 0 < n_val < len(data):
+        raise SpikeSearchError(f"a validation fraction of {fraction} of {len(data)} training images leaves "
+                               f"{n_val} for validation and {len(data) - n_val} for training: both need at least one")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
+    # sorted: file- and event-backed sets then read in their natural order
+    return data.select(sorted(order[n_val:])), data.select(sorted(order[:n_val]))

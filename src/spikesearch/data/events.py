@@ -23,7 +23,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -225,10 +225,12 @@ class EventSet(torch.utils.data.Dataset):
         self._read = functools.lru_cache(maxsize=2)(self.reader)
 
     def subset(self, n: int | None) -> "EventSet":
-        if n is None or n >= len(self):
-            return self
-        return EventSet(self.samples[:n], self.labels[:n].tolist(), self.classes, self.reader, self.size,
-                        self.frames, self.split_by, check=False)
+        return self if n is None or n >= len(self) else self.select(range(n))
+
+    def select(self, index: Sequence[int]) -> "EventSet":
+        index = list(index)
+        return EventSet([self.samples[i] for i in index], self.labels[index].tolist(), self.classes, self.reader,
+                        self.size, self.frames, self.split_by, check=False)
 
 
 def _natural(p: Path) -> tuple:

@@ -63,7 +63,11 @@ SCHEDULERS: Registry[Callable] = Registry("scheduler")
 SCHEDULERS.add("cosine", lambda o, c: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=c.epochs, eta_min=c.lr * c.eta_min_ratio))
 SCHEDULERS.add("multistep", lambda o, c: torch.optim.lr_scheduler.MultiStepLR(
     o, milestones=c.milestones or [int(0.5 * c.epochs), int(0.75 * c.epochs)], gamma=c.gamma))
-SCHEDULERS.add("step", lambda o, c: torch.optim.lr_scheduler.StepLR(o, step_size=c.step_size, gamma=c.gamma))
+# "step" is one schedule in every command, SNASNet's official meaning: the rate times gamma (0.1) at 50 % and
+# 75 % of the epochs, whatever their number. A step every ``step_size`` epochs (the binary VGG recipe) is "periodic".
+SCHEDULERS.add("step", lambda o, c: torch.optim.lr_scheduler.MultiStepLR(
+    o, milestones=[int(0.5 * c.epochs), int(0.75 * c.epochs)], gamma=c.gamma))
+SCHEDULERS.add("periodic", lambda o, c: torch.optim.lr_scheduler.StepLR(o, step_size=c.step_size, gamma=c.gamma))
 SCHEDULERS.add("none", lambda o, c: torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0))
 
 # The settings a resume re-plans (TrainConfig fields), so a command may let ``--override`` change them:
@@ -100,14 +104,17 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = False) -> tuple[
 
 
 class Trainer:
-    CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+    CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds"]
 
     def __init__(self, model: nn.Module, train: BatchLoader, test: BatchLoader | None, cfg: TrainConfig, run: Run,
-                 epoch_hooks: Sequence[Callable[["Trainer", int], None]] = ()) -> None:
-        """``epoch_hooks(trainer, epoch)`` run after each epoch's training steps, before its evaluation and
-        checkpoint (so what they change is saved and a resumed run repeats them)."""
+                 epoch_hooks: Sequence[Callable[["Trainer", int], None]] = (), val: BatchLoader | None = None) -> None:
+        """``val`` (held out from the training images) chooses ``best.pt``: the epoch of highest validation
+        accuracy. The test set is evaluated for the curves and never chooses anything; without ``val`` the
+        latest epoch is ``best.pt``. ``epoch_hooks(trainer, epoch)`` run after each epoch's training steps,
+        before its evaluation and checkpoint (so what they change is saved and a resumed run repeats them)."""
         cfg.validate()
         self.model, self.train_loader, self.test_loader, self.cfg, self.run = model, train, test, cfg, run
+        self.val_loader = val
         self.epoch_hooks = list(epoch_hooks)
         self.device = train.device
         self.amp = cfg.amp and self.device.type == "cuda"
@@ -120,7 +127,8 @@ class Trainer:
         self.scheduler = SCHEDULERS.get(cfg.scheduler)(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.history: list[dict] = []
-        self.best_acc = -1.0
+        self.best_acc = -1.0  # validation accuracy of best.pt
+        self.best_epoch: int | None = None
         self.start_epoch = 0
         self.ckpt_dir = run.dir("checkpoints")
         self.resume_path = run.path / "checkpoints" / "last.pt"  # every rank resumes from rank 0's file
@@ -130,7 +138,8 @@ class Trainer:
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": rng_state(), "loader": self.train_loader.state_dict(), "history": self.history,
-                "best_acc": self.best_acc, "config": asdict(self.cfg), "run": self.run.config}
+                "best_acc": self.best_acc, "best_epoch": self.best_epoch, "config": asdict(self.cfg),
+                "run": self.run.config}
 
     def save(self, epoch: int, is_best: bool) -> None:
         """``best.pt`` before ``last.pt``: if either write fails, the previous ``last.pt`` (which a resume
@@ -168,6 +177,7 @@ class Trainer:
             set_rng_state(ck["rng"])
             self.train_loader.load_state_dict(ck["loader"])
             self.history, self.best_acc, self.start_epoch = list(ck["history"]), float(ck["best_acc"]), done
+            self.best_epoch = ck["best_epoch"]
         self.run.started()
         self.run.log(f"resumed from {path} after epoch {done}")
         if changed:
@@ -237,33 +247,46 @@ class Trainer:
             for hook in self.epoch_hooks:
                 hook(self, epoch)
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                   "test_loss": None, "test_acc": None}
-            last = epoch + 1 == self.cfg.epochs
-            if self.test_loader is not None and ((epoch + 1) % self.cfg.eval_interval == 0 or last):
-                row["test_loss"], row["test_acc"] = evaluate(self.model, self.test_loader, self.amp)
+                   "val_loss": None, "val_acc": None, "test_loss": None, "test_acc": None}
+            if (epoch + 1) % self.cfg.eval_interval == 0 or epoch + 1 == self.cfg.epochs:
+                for split, loader in (("val", self.val_loader), ("test", self.test_loader)):
+                    if loader is not None:
+                        row[f"{split}_loss"], row[f"{split}_acc"] = evaluate(self.model, loader, self.amp)
             self.scheduler.step()
             row["seconds"] = time.perf_counter() - t0
             self.history.append(row)
-            is_best = row["test_acc"] is not None and row["test_acc"] > self.best_acc
+            if self.val_loader is None:
+                is_best = True
+            else:
+                is_best = row["val_acc"] is not None and row["val_acc"] > self.best_acc
+                if is_best:
+                    self.best_acc = row["val_acc"]
             if is_best:
-                self.best_acc = row["test_acc"]
+                self.best_epoch = epoch + 1
             if self.run.main:
                 self.save(epoch, is_best)
             self.run.save_csv("metrics.csv", self.CSV_FIELDS, ([h[k] for k in self.CSV_FIELDS] for h in self.history))
             if writer is not None:
-                for k in ("lr", "train_loss", "train_acc", "test_loss", "test_acc"):
+                for k in ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"):
                     if row[k] is not None:
                         writer.add_scalar(k, row[k], epoch + 1)
                 writer.flush()
-            test = f", test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}%" if row["test_acc"] is not None else ""
+            evals = "".join(f", {split} loss {row[f'{split}_loss']:.4f} acc {100 * row[f'{split}_acc']:.2f}%"
+                            for split in ("val", "test") if row[f"{split}_acc"] is not None)
             self.run.log(f"epoch {epoch + 1}/{self.cfg.epochs}: lr {lr:.4g}, train loss {train_loss:.4f} "
-                         f"acc {100 * train_acc:.2f}%{test} ({row['seconds']:.1f}s)")
+                         f"acc {100 * train_acc:.2f}%{evals} ({row['seconds']:.1f}s)")
         if writer is not None:
             writer.close()
         distributed.barrier()  # rank 0's last checkpoint is on disk before any rank reads it back
         final = self.history[-1] if self.history else {}
-        return {"epochs": self.cfg.epochs, "final_test_acc": final.get("test_acc"),
-                "best_test_acc": self.best_acc if self.best_acc >= 0 else None, "history": self.history}
+        best = self.history[self.best_epoch - 1] if self.best_epoch else {}
+        if best:
+            self.run.log(f"best.pt: epoch {self.best_epoch}"
+                         + (f", chosen by validation accuracy {100 * best['val_acc']:.2f}%" if self.val_loader else
+                            " (no validation split: the last epoch)")
+                         + (f"; its test accuracy {100 * best['test_acc']:.2f}%" if best.get("test_acc") is not None else ""))
+        return {"epochs": self.cfg.epochs, "final_test_acc": final.get("test_acc"), "best_epoch": self.best_epoch,
+                "best_val_acc": best.get("val_acc"), "best_test_acc": best.get("test_acc"), "history": self.history}
 
     def _tensorboard(self):
         if not self.run.main:
