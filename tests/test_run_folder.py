@@ -235,7 +235,7 @@ def test_convert_into_the_ann_folder_is_refused(tmp_path, capsys):
     convert = ["convert", "--job-dir", ann, "--model", ann / "model.pt", "--time", "2", "--eval_size", "16",
                "--norm", "32", "--quiet"]
     code, err = cli(capsys, *convert)
-    assert code == 2 and "already holds a run" in err[0]
+    assert code == 2 and "already holds a run" in err[0] and "--resume" not in err[0], err  # convert cannot resume
     code, err = cli(capsys, *convert, "--overwrite")
     assert code == 2 and "would delete" in err[0] and "model.pt" in err[0]
     assert files(ann) == before
@@ -550,16 +550,35 @@ def test_a_failed_resume_leaves_the_folder_byte_identical(tmp_path, capsys):
     assert files(runs / "r") == before  # config.json and log.txt included
 
 
-def test_an_edited_config_json_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("edit,listed", [({"lr": 0.5}, "lr 0.001 -> 0.5"),
+                                         ({"resumed": [{"changed": {"lr": {"from": 0.5, "to": 0.001}}}]}, "resumed")])
+def test_an_edited_config_json_is_refused(tmp_path, capsys, edit, listed):
     runs = tmp_path / "runs"
     assert cli(capsys, "train", *SMALL, "--epochs", "1", "--name", "r", "--runs_dir", runs)[0] == 0
     cfg = json.loads((runs / "r/config.json").read_text())
-    (runs / "r/config.json").write_text(json.dumps({**cfg, "lr": 0.5}))
+    (runs / "r/config.json").write_text(json.dumps({**cfg, **edit}))
     before = files(runs / "r")
-    code, err = cli(capsys, "train", *SMALL, "--name", "r", "--runs_dir", runs, "--resume", "--lr", "0.5", "--epochs", "2",
-                    "--override", "epochs")
-    assert code == 2 and len(err) == 1 and "edited" in err[0] and "lr 0.001 -> 0.5" in err[0], err
+    code, err = cli(capsys, "train", *SMALL, "--name", "r", "--runs_dir", runs, "--resume", "--lr", str(edit.get("lr", 0.001)),
+                    "--epochs", "2", "--override", "epochs")
+    assert code == 2 and len(err) == 1 and "edited" in err[0] and listed in err[0], err
     assert files(runs / "r") == before
+
+
+def test_dhs_train_resume_with_another_genotype_is_refused(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for seed in ("0", "1"):
+        assert cli(capsys, "dhs", "derive", "--random", "--seed", seed, "--layers", "2", "--levels", "2", "--name",
+                   f"g{seed}", "--runs_dir", runs, "--quiet")[0] == 0
+    genotype = tmp_path / "g.json"
+    genotype.write_bytes((runs / "g0/genotype.json").read_bytes())
+    train = ["dhs", "train", "--genotype", genotype, "--epochs", "1", "--channels", "4", "--timestep", "2", "--train_subset",
+             "64", "--test_subset", "32", "--name", "t", "--runs_dir", runs, "--quiet", "--threads", "1"]
+    assert cli(capsys, *train)[0] == 0
+    before = files(runs / "t")
+    genotype.write_bytes((runs / "g1/genotype.json").read_bytes())  # the file the run was started from, edited
+    code, err = cli(capsys, *train, "--resume")
+    assert code == 2 and len(err) == 1 and "no longer the genotype" in err[0], err
+    assert files(runs / "t") == before
 
 
 def test_a_resume_killed_before_its_first_checkpoint_resumes_again(tmp_path, capsys, monkeypatch):
@@ -707,3 +726,23 @@ def test_export_of_nan_weights_or_an_edited_config_is_one_line(trained, tmp_path
     (run / "config.json").write_text(json.dumps({**cfg, "command": "snasnet"}))
     code, err = cli(capsys, "export", run, "-o", tmp_path / "edited.nir")
     assert code == 2 and len(err) == 1 and "config.json" in err[0], err
+
+
+def test_nasbench_search_overwrite_never_deletes_the_scores_it_reads(tmp_path, capsys):
+    from test_nasbench import cell_of, params_of, reaches_output, write_log
+
+    bench = tmp_path / "SpikeNAS-Bench"
+    for k, arch_id in enumerate([0, 7, 12617, 3906, 5000, 777]):
+        write_log(bench, arch_id, params_of(arch_id), 10.0 if not reaches_output(cell_of(arch_id)) else 80.0 + k)
+    runs = tmp_path / "runs"
+    proxies = ["nasbench", "proxies", "--bench_dir", bench, "--sample", "4", "--width", "0.0625", "--batch", "8",
+               "--repeats", "1", "--timestep", "2", "--inputs", "noise", "--proxies", "params", "--runs_dir", runs,
+               "--name", "p", "--quiet"]
+    assert cli(capsys, *proxies)[0] == 0
+    before = files(runs / "p")
+    code, err = cli(capsys, "nasbench", "search", "--bench_dir", bench, "--runs_dir", runs, "--budget", "3", "--repeats", "2",
+                    "--proxy", "params", "--scores", runs / "p", "--name", "p", "--overwrite", "--quiet")
+    assert code == 2 and "a run of 'nasbench proxies'" in err[0], err
+    code, err = cli(capsys, *proxies, "--resume", "--sample", "5", "--override", "sample")
+    assert code == 2 and "a resume cannot change sample" in err[0], err
+    assert files(runs / "p") == before

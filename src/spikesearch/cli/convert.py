@@ -34,6 +34,9 @@ RECIPES = {
     "short": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="cosine", epochs=8, batch_size=64),
 }
 
+# train-ann's flags a resume re-plans (flag -> TrainConfig field); the recipe, model and data are refused
+TRAIN_ANN_OVERRIDES = overridable({k: k for k in ("epochs", "lr", "batch_size")})
+
 
 def cmd_train_ann(a: argparse.Namespace) -> dict:
     device = pick_device(a.device)
@@ -45,8 +48,7 @@ def cmd_train_ann(a: argparse.Namespace) -> dict:
             params[key] = flag
     cfg = TrainConfig(seed=a.seed, progress=not a.quiet, **params)
     cfg.validate()
-    request = RunRequest.from_args(a, *split_job_dir(a.job_dir), overridable=overridable({k: k for k in ("epochs", "lr", "batch_size")}),
-                                   recipe=recipe)
+    request = RunRequest.from_args(a, *split_job_dir(a.job_dir), overridable=TRAIN_ANN_OVERRIDES, recipe=recipe)
     request.check()
     loaders = make_loaders(a.dataset, a.data_dir, cfg.batch_size, device, a.seed, a.train_subset, a.test_subset,
                            frames=a.frames, split_by=a.event_split, val_fraction=a.val_fraction)

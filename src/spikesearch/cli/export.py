@@ -128,7 +128,8 @@ def _rebuild(path: Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
 def _inputs(source: Path) -> list:
     """What an export reads: the run folder or checkpoint, and for a convert run its ANN file and data."""
     cfg = _read_json(run_folder(source) / "config.json")
-    return [source, *(cfg.get(k) for k in ("model", "data") if cfg.get("command") == "convert" and isinstance(cfg.get(k), str))]
+    read = ("model", "data") if cfg.get("command") == "convert" else ()
+    return [source, *(cfg[k] for k in read if isinstance(cfg.get(k), str))]
 
 
 def cmd_export(a: argparse.Namespace) -> dict:
