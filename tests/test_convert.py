@@ -21,6 +21,7 @@ from spikesearch.convert import (
     evaluate_snn,
     init_thresholds,
 )
+from spikesearch.convert.binary import effective_weight
 from spikesearch.convert.converter import percentile_thresholds, split_stages
 from spikesearch.convert.methods import METHODS
 from spikesearch.data.loader import BatchLoader
@@ -380,3 +381,53 @@ def test_signed_if_takes_a_spike_back_only_after_it_fired():
     want = torch.stack(want)
     assert (got == -1).any() and (got == 1).any() and torch.equal(got, want)
     assert bool((want.cumsum(0) >= 0).all())  # a spike is only ever taken back
+
+
+def test_a_negative_spike_costs_an_accumulate_and_is_counted_apart():
+    """Energy of a signed IF layer feeding a Linear: every spike, +1 or -1, meets out_features weights at one AC
+    each; the -1 spikes and their SOPs are reported apart."""
+    from spikesearch.measure.spikes import E_AC_PJ, SpikeCounter
+
+    class SignedLayer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.neuron = METHODS.get("signed").neuron(v_threshold=1.0, v_init=0.5)
+            self.lin = nn.Linear(4, 3, bias=False)
+
+        def forward(self, x):
+            return self.lin(self.neuron(x))
+
+    net = SignedLayer()
+    net.neuron.reset_state()
+    steps = [torch.tensor([[0.6, 0.0, 0.7, -0.2]]), torch.tensor([[-0.9, 0.0, 0.0, 0.0]])]
+    s = torch.cat([net.neuron(x) for x in steps])
+    assert int((s < 0).sum()) == 1 and int((s > 0).sum()) == 2  # +1 +1 at step 0, the first taken back at step 1
+    net.neuron.reset_state()
+    with SpikeCounter(net) as sc:
+        for x in steps:
+            net(x)
+    r = sc.report(1, 2)
+    assert r["spikes_per_image"] == 3 and r["negative_spikes_per_image"] == 1
+    assert r["sops_per_image"] == 3 * 3 and r["negative_sops_per_image"] == 3 * 1
+    assert r["energy_uj_per_image"] == pytest.approx(E_AC_PJ * 9 * 1e-6)
+
+
+@pytest.mark.parametrize("layer", [BinaryConv2d(4, 3, 3, padding=1), BinaryLinear(6, 3)])
+def test_binary_layers_evaluate_and_export_the_weights_training_applies(layer):
+    """XNOR-Net's BinOp mean-centres and clamps the latent weights before a test pass as before a training pass: a
+    binary layer whose stored weights are off-centre and out of [-1, 1] (a step after the last projection, or a
+    loaded file) applies in eval mode, converts and exports with exactly the weights a training pass would use,
+    and evaluation leaves the stored weights as they are."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn_like(layer.weight) * 1.5 + 0.4)
+    stored = layer.weight.detach().clone()
+    x = torch.randn(2, 4, 5, 5) if isinstance(layer, BinaryConv2d) else torch.randn(2, 6)
+    with torch.no_grad():
+        evaluated = layer.eval()(x)
+        assert torch.equal(layer.weight, stored)
+        exported = effective_weight(layer).clone()
+        trained = layer.train()(x)  # projects the stored weights in place first
+    torch.testing.assert_close(evaluated, trained)
+    torch.testing.assert_close(exported, binarize(layer.weight.detach()))  # what the training pass applied
+    assert not torch.equal(binarize(stored), exported)  # the projection mattered

@@ -125,3 +125,15 @@ def test_ann_equivalent_counts_a_once_run_stem_once():
     stem = per_layer["stem.0"]
     assert r["macs_per_image"] == pytest.approx(stem)  # the analog stem: MACs once; everything else spikes
     assert r["energy_uj_per_image"] == pytest.approx((E_MAC_PJ * stem + E_AC_PJ * r["sops_per_image"]) * 1e-6)
+
+
+def test_an_all_zero_analog_map_costs_macs_not_spikes():
+    """A tensor of zeros whose producer is not a neuron (here a ReLU that never opened) is analog: its dense MACs
+    are counted; a silent neuron's output, known by its producer, is still spikes (no SOP, no MAC)."""
+    lin = nn.Linear(6, 2, bias=False)
+    silent = Spikes()
+    with SpikeCounter(nn.ModuleList([lin, silent])) as sc:
+        lin(torch.relu(-torch.rand(4, 6)))  # all zeros, analog
+        lin(silent(torch.zeros(4, 6)))  # all zeros, spikes
+    r = sc.report(4, 1)
+    assert r["macs_per_image"] * 4 == 4 * 6 * 2 and r["sops_per_image"] == 0

@@ -2,6 +2,7 @@
 step for step, on a batch of the bundled data (a searched SNASNet backward cell, a derived DHS network, converted
 VGGs of every --method with full-precision and binary weights); what NIR cannot say fails with one line, and a
 corrupted graph fails the round trip."""
+import json
 import re
 
 import numpy as np
@@ -205,6 +206,9 @@ def test_cli_export_of_convert_runs(tmp_path, capsys):
               "32", "--report_images", "16", "--one-step", "--quiet"]
     for method in ("calibrate", "signed"):
         assert main(["convert", "--job-dir", str(tmp_path / method), "--method", method, *common]) == 0
+    # a calibration is fitted for the latency simulated (--time 4), not for a fixed 8 steps applied at every T
+    assert json.loads((tmp_path / "calibrate" / "results.json").read_text())["calibrated_for_timesteps"] == 4
+    assert json.loads((tmp_path / "calibrate" / "config.json").read_text())["calib_timesteps"] == 4
     out = tmp_path / "calibrate.nir"
     assert main(["export", str(tmp_path / "calibrate"), "-o", str(out)]) == 0
     snn, shape = rebuild(tmp_path / "calibrate")

@@ -108,9 +108,16 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def convert_config(a: argparse.Namespace) -> ConvertConfig:
+    """The conversion a ``convert`` command line (or its recorded config.json) asks for."""
+    return ConvertConfig(a.percentile, a.channel_wise, a.v_init, a.method, a.presim, a.calib_timesteps, a.calib_images)
+
+
 def cmd_convert(a: argparse.Namespace) -> dict:
     device = pick_device("cuda" if a.gpu else "cpu")
     seed_everything(a.seed)
+    if a.calib_timesteps is None:  # a calibration is fitted for one latency: the one simulated, unless told
+        a.calib_timesteps = a.time  # resolved before config.json records it (export re-converts from there)
     request = RunRequest.from_args(a, *split_job_dir(a.job_dir), inputs=[a.model])
     folder = request.check()
     if a.results_file:
@@ -118,7 +125,7 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     train, _, test, info = make_loaders(a.dataset, a.data, a.batch_size, device, a.seed, None, a.eval_size,
                                         eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
     ann = load_vgg(a.model, a, info).to(device).eval()
-    cfg = ConvertConfig(a.percentile, a.channel_wise, a.v_init, a.method, a.presim, a.calib_timesteps, a.calib_images)
+    cfg = convert_config(a)
     method = resolve(cfg.method, ann.cfg.activation == "qcfs")
     if method.needs_one_step and not a.one_step:
         raise SpikeSearchError(f"--method {method.name} simulates one step at a time: add --one-step")
@@ -136,7 +143,9 @@ def cmd_convert(a: argparse.Namespace) -> dict:
             f"{method.name} ({method.summary}; {method.spikes} spikes): {len(snn.stages)} IF layers, thresholds from "
             f"{'QCFS' if ann.cfg.activation == 'qcfs' else f'{a.percentile} percentile of {len(norm)} images'}; "
             f"ANN test accuracy {100 * ann_acc:.2f}%; simulating T={a.time}"
-            + (f" after {snn.presim} uncounted SRP steps" if snn.presim else "") + f", {mode}")
+            + (f" after {snn.presim} uncounted SRP steps" if snn.presim else "")
+            + (f" (biases calibrated for T={cfg.calib_timesteps}; other T use that calibration)" if method.calibrate else "")
+            + f", {mode}")
     res = evaluate_snn(snn, test, a.time, a.one_step, progress=not a.quiet)
     report_images = torch.cat([x for x, _ in test])[:a.report_images]
     ts = sorted({t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if t <= a.time} | {a.time})
@@ -152,7 +161,8 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     run.save_json("spikes.json", res["spikes"])
     near = next((t + 1 for t, v in enumerate(acc) if v >= ann_acc - 0.01), None)
     result = {"method": method.name, "spike_values": method.spikes, "nir": method.nir_refusal or "exportable",
-              "ann_sha256": ann_sha256, "presim": snn.presim, "ann_acc": ann_acc, "test_acc": acc[-1], "best_snn_acc": max(acc),
+              "ann_sha256": ann_sha256, "presim": snn.presim,
+              "calibrated_for_timesteps": cfg.calib_timesteps if method.calibrate else None, "ann_acc": ann_acc, "test_acc": acc[-1], "best_snn_acc": max(acc),
               "timesteps": a.time,
               "timesteps_to_ann_minus_1pt": near, "images": res["images"],
               "seconds_per_timestep": res["seconds_per_timestep"], "thresholds": [t.tolist() for t in lams],
@@ -190,8 +200,7 @@ def rebuild_converted(cfg: dict, folder: Path, info) -> torch.nn.Module:
     ann = load_vgg(a.model, a, info).eval()
     resolve(a.method, ann.cfg.activation == "qcfs").check_exportable()  # before the conversion's minutes
     batches = [x for x, _ in BatchLoader(train.data.subset(a.norm), a.batch_size, train.augment, False)]
-    snn, _ = convert(ann, batches, ConvertConfig(a.percentile, a.channel_wise, a.v_init, a.method, a.presim,
-                                                 a.calib_timesteps, a.calib_images))
+    snn, _ = convert(ann, batches, convert_config(a))
     return snn
 
 
@@ -248,7 +257,9 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
                    help="initial membrane as a fraction of threshold (default 0 for the percentile method, else 0.5)")
     p.add_argument("--method", default=CHOICES[0], choices=CHOICES, help=help_text())
     p.add_argument("--presim", type=arg.positive_int, default=4, help="srp: uncounted pre-simulation steps (SRP's tau)")
-    p.add_argument("--calib_timesteps", type=arg.positive_int, default=8, help="calibrate: the T the biases are fitted for")
+    p.add_argument("--calib_timesteps", type=arg.positive_int, default=None,
+                   help="calibrate: the T the biases are fitted for (default: --time; a calibration fitted for 8 steps "
+                        "is not one for 4)")
     p.add_argument("--calib_images", type=arg.positive_int, default=256, help="calibrate: training images used")
     p.add_argument("--report_images", type=arg.positive_int, default=256,
                    help="test images for the per-layer report (layer_report.json/.png)")

@@ -49,21 +49,32 @@ def project_(w: Tensor) -> None:
     w.sub_(w.mean(dim=1, keepdim=True)).clamp_(-1.0, 1.0)
 
 
+def projected(w: Tensor) -> Tensor:
+    """``project_`` out of place: what BinOp's ``binarization()`` makes of the weights before a test pass too."""
+    return (w - w.mean(dim=1, keepdim=True)).clamp(-1.0, 1.0)
+
+
+def _binary_weight(layer: nn.Module) -> Tensor:
+    """Training projects the latent weights in place (they stay centred and bounded, as BinOp keeps them);
+    evaluation, conversion and export binarize the projection of what is stored (the weights after the last
+    optimizer step, or a loaded file) without changing it: the same weights a training pass would apply."""
+    if layer.training:
+        project_(layer.weight)
+        return binarize(layer.weight)
+    return binarize(projected(layer.weight))
+
+
 class BinaryConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
-        if self.training:
-            project_(self.weight)
-        return self._conv_forward(x, binarize(self.weight), self.bias)
+        return self._conv_forward(x, _binary_weight(self), self.bias)
 
 
 class BinaryLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
-        if self.training:
-            project_(self.weight)
-        return nn.functional.linear(x, binarize(self.weight), self.bias)
+        return nn.functional.linear(x, _binary_weight(self), self.bias)
 
 
 def effective_weight(layer: nn.Module) -> Tensor:
-    """The weight a layer actually applies (binarized for binary layers)."""
+    """The weight a layer actually applies at inference (the projection binarized, for binary layers)."""
     w = layer.weight.detach()
-    return binarize(w).detach() if isinstance(layer, (BinaryConv2d, BinaryLinear)) else w
+    return binarize(projected(w)).detach() if isinstance(layer, (BinaryConv2d, BinaryLinear)) else w

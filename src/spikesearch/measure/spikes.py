@@ -16,7 +16,10 @@ Forward hooks count, per neuron layer, spikes and neuron updates (firing rate), 
   (the encoding stem, a hybrid ANN layer).
 
 Energy uses the 45 nm figures of Horowitz (ISSCC 2014) as is usual in the SNN literature: 0.9 pJ per AC,
-4.6 pJ per MAC. BatchNorm and pooling are left out (BN folds into the conv at inference; pooling is a few
+4.6 pJ per MAC. A -1 spike (the signed IF of ``convert --method signed``) costs what a +1 spike costs at every
+synapse it meets: one accumulate, the weight subtracted instead of added (an adder does either). It is counted
+apart (``negative_spikes_per_image``, ``negative_sops_per_image``) so a reader sees how much of the traffic a
+0/1-only chip could not carry; the spike itself must carry a sign bit, which these figures do not price. BatchNorm and pooling are left out (BN folds into the conv at inference; pooling is a few
 adds). "ANN equivalent" is the same network run once as an ANN: every synaptic layer's dense MACs for one
 image at one step, counted once per layer (a stem that runs once is not divided by T).
 """
@@ -38,9 +41,11 @@ KEEP = 256  # producer records kept (with their tensors, so a storage is never r
 
 
 def is_binary(x: Tensor) -> bool:
-    """Exact zeros and ones (or -1, the signed spikes of a signed IF): spikes, whatever reshaped, concatenated
-    or resized them."""
-    return x.numel() > 0 and bool(((x == 0) | (x.abs() == 1)).all())
+    """Exact zeros and ones (or -1, the signed spikes of a signed IF), at least one of them not zero: spikes,
+    whatever reshaped, concatenated or resized them. A map of zeros alone says nothing about its producer
+    (a ReLU that never opened, a blank image), so it is analog and costs its dense MACs; a silent neuron's map
+    is still spikes, known by the module that made it."""
+    return x.numel() > 0 and bool(((x == 0) | (x.abs() == 1)).all()) and bool(x.any())
 
 
 def _key(x: Tensor) -> tuple[int, int]:
@@ -141,7 +146,9 @@ class SpikeCounter:
     def _neuron_hook(self, name: str):
         def hook(_m, _inp, out: Tensor) -> None:
             e = self._entry(name, "neuron")
-            e["spikes"] += float(out.detach().abs().sum())  # a signed spike (-1) is a spike too
+            out_d = out.detach()
+            e["spikes"] += float(out_d.abs().sum())  # a signed spike (-1) is a spike too
+            e["negative_spikes"] += float((out_d < 0).sum())
             e["updates"] += out.numel()
             self._remember(out, 1.0)
         return hook
@@ -177,12 +184,13 @@ class SpikeCounter:
             key = (name, tuple(x.shape[1:]))
             if key not in self.fanouts:
                 self.fanouts[key] = fanout(m, x)
-            spikes = x.float().abs()  # signed spikes cost an accumulate each, whatever their sign
-            weighted = spikes * area if not (isinstance(area, float) and area == 1.0) else spikes
-            if isinstance(m, nn.Linear):
-                e["acs"] += float(weighted.sum()) * m.out_features
-            else:
-                e["acs"] += float((weighted.sum(0) * self.fanouts[key]).sum())
+            for kind, spikes in (("acs", x.float().abs()), ("negative_acs", (x < 0).float())):
+                # every spike costs an accumulate per weight it meets, whatever its sign: negative ones apart
+                weighted = spikes * area if not (isinstance(area, float) and area == 1.0) else spikes
+                if isinstance(m, nn.Linear):
+                    e[kind] += float(weighted.sum()) * m.out_features
+                else:
+                    e[kind] += float((weighted.sum(0) * self.fanouts[key]).sum())
         return hook
 
     def report(self, n_images: int, timesteps: int) -> dict:
@@ -193,12 +201,12 @@ class SpikeCounter:
             if e["kind"] == "neuron":
                 layers.append({"layer": name, "kind": "neuron", "firing_rate": e["spikes"] / max(e["updates"], 1),
                                "spikes_per_image": e["spikes"] / n_images})
-                tot["spikes"] += e["spikes"]
-                tot["updates"] += e["updates"]
+                for k in ("spikes", "negative_spikes", "updates"):
+                    tot[k] += e[k]
             else:
                 layers.append({"layer": name, "kind": "synapse", "sops_per_image": e["acs"] / n_images,
                                "macs_per_image": e["macs"] / n_images, "dense_macs_per_image": e["dense_macs"] / n_images})
-                for k in ("acs", "macs", "dense_macs", "one_pass_macs"):
+                for k in ("acs", "negative_acs", "macs", "dense_macs", "one_pass_macs"):
                     tot[k] += e[k]
         sops, macs = tot["acs"] / n_images, tot["macs"] / n_images
         energy_pj = E_AC_PJ * sops + E_MAC_PJ * macs
@@ -208,11 +216,15 @@ class SpikeCounter:
             "timesteps": timesteps,
             "mean_firing_rate": tot["spikes"] / max(tot["updates"], 1),
             "spikes_per_image": tot["spikes"] / n_images,
+            "negative_spikes_per_image": tot["negative_spikes"] / n_images,
             "sops_per_image": sops,
+            "negative_sops_per_image": tot["negative_acs"] / n_images,
             "macs_per_image": macs,
             "energy_uj_per_image": energy_pj * 1e-6,
             "ann_equivalent_energy_uj_per_image": ann_energy_pj * 1e-6,
             "energy_model": f"{E_AC_PJ} pJ/AC, {E_MAC_PJ} pJ/MAC (45 nm, Horowitz 2014); SOPs = spikes x fan-out "
-                            "(pooled spikes counted before the pool); ANN equivalent = one dense pass",
+                            "(pooled spikes counted before the pool); a -1 spike costs an AC per synapse like a +1 "
+                            "(the weight subtracted), counted in SOPs and apart in negative_sops, its sign bit not "
+                            "priced; ANN equivalent = one dense pass",
             "layers": layers,
         }
