@@ -240,3 +240,21 @@ def test_three_workers_one_killed_mid_trial_count_every_cell_once(clone, tmp_pat
     many = collect(study, space)
     single = search(space, cfg)
     assert (many.arch, many.epochs_spent) == (single.arch, single.epochs_spent) == (many.arch, 1200)
+
+
+def test_search_command_with_workers_equals_one_process(clone, tmp_path):
+    import json
+
+    from spikesearch.cli.main import main
+
+    runs = tmp_path / "runs"
+    argv = ["search", "--bench_dir", str(clone), "--strategy", "random", "--prefilter", "none", "--budget", "500",
+            "--runs_dir", str(runs), "--quiet"]
+    assert main([*argv, "--name", "one"]) == 0
+    assert main([*argv, "--name", "three", "--workers", "3"]) == 0
+    one, three = (json.loads((runs / n / "results.json").read_text()) for n in ("one", "three"))
+    assert (one["arch_id"], one["epochs_spent"]) == (three["arch_id"], three["epochs_spent"]) == (one["arch_id"], 500)
+    study = optuna.load_study(study_name="three", storage=f"sqlite:///{runs / 'three/study.db'}")
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 5
+    assert main([*argv, "--name", "bad", "--workers", "2", "--strategy", "sh"]) == 2
+    assert not (runs / "bad").exists()
