@@ -38,9 +38,8 @@ CONFIGS = {
 BUDGETS = {"cifar10": [1000, 2000, 3000, 5000], "cifar100": [300, 500, 1000, 2000], "tinyimagenet": [300, 500, 1000, 2000]}
 MO = {"random": dict(strategy="random", prefilter=None), "NSGA-II": dict(strategy="nsga2", prefilter=None),
       "evolution": dict(strategy="evolution", prefilter=None),
-      "SH by TSE, front level with inv_threshold (eta 3)": dict(strategy="sh", prefilter=None, eta=3),
-      "SH by TSE, front level with inv_threshold (eta 2)": dict(strategy="sh", prefilter=None, eta=2)}
-MO_BUDGETS = (1000, 3000, 10000)
+      "SH by TSE, front level with inv_threshold (eta 3)": dict(strategy="sh", prefilter=None, eta=3)}
+MO_BUDGETS = (3000,)
 
 
 def main() -> None:
@@ -52,8 +51,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/bench/search"))
     ap.add_argument("--mo_only", action="store_true", help="only the accuracy-vs-energy part (CIFAR-10)")
     ap.add_argument("--configs", default=None, help="'|'-separated labels of CONFIGS to run (default: all)")
+    ap.add_argument("--plot_logs", nargs="+", type=Path, default=None,
+                    help="only redraw: the regret plots from the printed lines of earlier (partial) runs")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.plot_logs:
+        return plot_logs(a.plot_logs, a.out, a.repeats)
     if a.mo_only:
         return accuracy_vs_energy(a)
     for ds in a.datasets.split(","):
@@ -113,6 +116,27 @@ def accuracy_vs_energy(a: argparse.Namespace) -> None:
             res["hypervolume"][label][budget] = {k: [float(np.mean(v)), float(np.std(v))] for k, v in shares.items()}
             print("MO", label, budget, res["hypervolume"][label][budget], flush=True)
     (a.out / "accuracy_vs_energy.json").write_text(json.dumps(res, indent=1))
+
+
+def plot_logs(logs: list[Path], out: Path, repeats: int) -> None:
+    """Regret plots (and a markdown table) from lines 'DATASET LABEL BUDGET {...} Ns' that runs printed."""
+    import ast
+    import re
+
+    found: dict = {}
+    for log in logs:
+        for line in log.read_text().splitlines():
+            m = re.match(r"^(\w+) (.+) (\d+) (\{.*\}) \d+s$", line)
+            if m:
+                found.setdefault(m[1], {}).setdefault(m[2], {})[int(m[3])] = ast.literal_eval(m[4])
+    rows = []
+    for ds, regret in found.items():
+        plot({"dataset": ds, "cells": {"cifar10": 15625, "cifar100": 276, "tinyimagenet": 195}[ds], "repeats": repeats,
+              "regret": regret}, out / f"regret_{ds}.png")
+        for label, points in regret.items():
+            rows.append(f"| {ds} | {label} | " + " | ".join(
+                f"{b}: {p['regret_mean']:.2f} ± {p['regret_sd']:.2f} ({p['epochs_mean']:.0f})" for b, p in sorted(points.items())) + " |")
+    (out / "tables.md").write_text("\n".join(rows) + "\n")
 
 
 def plot(res: dict, path: Path) -> Path:
