@@ -181,3 +181,80 @@ def test_nasbench_search_refuses_a_torn_proxies_csv(clone, tmp_path, capsys):
     assert "proxies.csv:7: a torn or non-numeric row" in capsys.readouterr().err
     (scores / "proxies.csv").write_text("id,test_acc,sahd,seconds\n" + "\n".join(rows) + "\n")
     assert main(argv) == 0
+
+
+class SlowSpace(BenchSpace):
+    """Training takes a while, so that a worker can be killed in the middle of a trial."""
+
+    def evaluate(self, arch, epochs):
+        import time
+
+        time.sleep(0.4)
+        return super().evaluate(arch, epochs)
+
+
+def _worker(clone, url, name, cfg):
+    from spikesearch.search.workers import rdb_storage, work
+
+    storage = rdb_storage(url, heartbeat=1, grace=5)
+    work(optuna.load_study(study_name=name, storage=storage), SlowSpace(bench.read_bench(clone)), cfg, poll=0.2)
+
+
+def test_three_workers_one_killed_mid_trial_count_every_cell_once(clone, tmp_path):
+    """Storage covered: Optuna's RDB storage on SQLite (the run folder's; PostgreSQL uses the same code path)."""
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    from spikesearch.search.strategies import random_plan
+    from spikesearch.search.workers import collect, plan, rdb_storage
+
+    url, cfg = f"sqlite:///{tmp_path / 'study.db'}", SearchConfig(strategy="random", budget=1200, prefilter=None, seed=4)
+    space = BenchSpace(bench.read_bench(clone))
+    study = plan(cfg, space, rdb_storage(url, heartbeat=1, grace=5), "w")
+    plan(cfg, space, rdb_storage(url), "w")  # a second process joining enqueues nothing more
+    assert len(study.trials) == 12
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_worker, args=(clone, url, "w", cfg)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    victim = procs[0].pid
+    deadline = time.time() + 60
+    while not any(t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("pid") == victim
+                  for t in study.get_trials()):
+        assert time.time() < deadline, "the first worker never started a trial"
+        time.sleep(0.05)
+    os.kill(victim, signal.SIGKILL)
+    for p in procs:
+        p.join(120)
+    assert procs[0].exitcode == -signal.SIGKILL and [p.exitcode for p in procs[1:]] == [0, 0]
+
+    trials = study.get_trials()
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    killed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and t.params]
+    assert len(killed) == 1 and killed[0].user_attrs["pid"] == victim  # the lost attempt, not counted
+    cells = [space.decode(t.params) for t in done]
+    assert sorted(cells) == sorted(random_plan(space, cfg))  # each planned cell completed exactly once
+    assert space.decode(killed[0].params) in cells  # ... the killed one by its retry
+    many = collect(study, space)
+    single = search(space, cfg)
+    assert (many.arch, many.epochs_spent) == (single.arch, single.epochs_spent) == (many.arch, 1200)
+
+
+def test_search_command_with_workers_equals_one_process(clone, tmp_path):
+    import json
+
+    from spikesearch.cli.main import main
+
+    runs = tmp_path / "runs"
+    argv = ["search", "--bench_dir", str(clone), "--strategy", "random", "--prefilter", "none", "--budget", "500",
+            "--runs_dir", str(runs), "--quiet"]
+    assert main([*argv, "--name", "one"]) == 0
+    assert main([*argv, "--name", "three", "--workers", "3"]) == 0
+    one, three = (json.loads((runs / n / "results.json").read_text()) for n in ("one", "three"))
+    assert (one["arch_id"], one["epochs_spent"]) == (three["arch_id"], three["epochs_spent"]) == (one["arch_id"], 500)
+    study = optuna.load_study(study_name="three", storage=f"sqlite:///{runs / 'three/study.db'}")
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 5
+    assert main([*argv, "--name", "bad", "--workers", "2", "--strategy", "sh"]) == 2
+    assert not (runs / "bad").exists()

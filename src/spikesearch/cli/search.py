@@ -37,6 +37,9 @@ def cmd_search(a: argparse.Namespace) -> dict:
     cfg = _config(a)
     if a.space == "spikenas-bench" and not a.bench_dir:
         raise SpikeSearchError("--space spikenas-bench needs --bench_dir (a clone of tju-sun-lab/SpikeNAS-Bench)")
+    if a.workers > 1 and (cfg.strategy != "random" or len(cfg.objectives) != 1):
+        raise SpikeSearchError("--workers runs --strategy random with --objectives acc (a fixed plan); the other "
+                               "strategies decide from each result and run in one process")
     scores = read_scores(a.scores) if a.scores else None
     request = RunRequest.from_args(a, a.name, a.runs_dir, inputs=[a.scores])
     request.check()
@@ -47,12 +50,14 @@ def cmd_search(a: argparse.Namespace) -> dict:
     run = request.open(quiet=a.quiet)
     if table.report():
         run.log(table.report())
-    storage = a.storage or _journal(run.file("study.journal"))
-    if a.resume:  # the table costs nothing to re-read: a resumed search starts its study again, same seed
-        for summary in optuna.get_all_study_summaries(storage):
-            optuna.delete_study(study_name=summary.study_name, storage=storage)
-    study = new_study(cfg, storage, name=a.name)
-    res = search(space, cfg, study)
+    if a.workers > 1 or (a.storage and cfg.strategy == "random"):
+        res = _with_workers(a, cfg, space, a.storage or f"sqlite:///{run.file('study.db')}")
+    else:
+        storage = a.storage or _journal(run.file("study.journal"))
+        if a.resume:  # the table costs nothing to re-read: a resumed search starts its study again, same seed
+            for summary in optuna.get_all_study_summaries(storage):
+                optuna.delete_study(study_name=summary.study_name, storage=storage)
+        res = search(space, cfg, new_study(cfg, storage, name=a.name))
     if res.arch is None:
         raise SpikeSearchError(f"--budget {cfg.budget} pays for no full training ({space.max_epochs} epochs)")
     out = {"space": a.space, "dataset": a.dataset, "strategy": cfg.strategy, "config": dataclasses.asdict(cfg),
@@ -72,6 +77,35 @@ def cmd_search(a: argparse.Namespace) -> dict:
                 f"{out['simulation']['regret_mean']:.3f} ± {out['simulation']['regret_sd']:.3f} points")
     run.save_json("results.json", out)
     return {"arch_id": out["arch_id"], "epochs_spent": res.epochs_spent, "regret": out["regret"]}
+
+
+def _with_workers(a: argparse.Namespace, cfg: SearchConfig, space: BenchSpace, url: str):
+    """``--workers N`` processes on one RDB study (search.workers); the same command with the same ``--storage``
+    URL on another machine joins it (the plan is enqueued once)."""
+    import multiprocessing
+
+    from ..search.workers import collect, plan, rdb_storage, work
+
+    if not url.startswith(("sqlite:", "postgresql", "mysql")):
+        raise SpikeSearchError(f"--workers needs an RDB storage URL (sqlite:///F, postgresql://...), got {url!r}")
+    study = plan(cfg, space, rdb_storage(url), a.name)
+    # fork: the children share the table already read; each opens its own connection to the storage
+    procs = [multiprocessing.get_context("fork").Process(target=_worker, args=(url, a.name, space, cfg))
+             for _ in range(a.workers - 1)]
+    for p in procs:
+        p.start()
+    try:
+        work(study, space, cfg)
+    finally:
+        for p in procs:
+            p.join()
+    return collect(study, space)
+
+
+def _worker(url: str, name: str, space: BenchSpace, cfg: SearchConfig) -> None:
+    from ..search.workers import rdb_storage, work
+
+    work(optuna.load_study(study_name=name, storage=rdb_storage(url)), space, cfg)
 
 
 def _journal(path) -> optuna.storages.BaseStorage:
@@ -131,6 +165,9 @@ def add_arguments(p: argparse.ArgumentParser, add_common) -> None:
                    help="also simulate N repeats (seeds S..S+N-1) on the table and report the regret")
     p.add_argument("--storage", default=None,
                    help="an Optuna storage URL (sqlite:///F, postgresql://...); default: study.journal in the run folder")
+    p.add_argument("--workers", type=arg.positive_int, default=1,
+                   help="processes on one study (strategy random: a fixed plan; SQLite in the run folder unless "
+                        "--storage); the same command with the same --storage on another machine joins it")
     p.add_argument("--seed", type=arg.seed, default=0)
     p.add_argument("--name", default="search")
     add_common(p)

@@ -30,3 +30,16 @@ def hypervolume(acc: np.ndarray, energy: np.ndarray, ref_acc: float, ref_energy:
     acc, energy = acc[order], energy[order]  # along the front energy rises with accuracy
     widths = np.append(energy[1:], ref_energy) - energy
     return float(np.sum(widths * (acc - ref_acc)))
+
+
+def nondominated_rank(acc: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    """Each point's front level (0 = non-dominated; 1 = non-dominated once level 0 is removed; ...)."""
+    acc, energy = np.asarray(acc, float), np.asarray(energy, float)
+    rank = np.full(len(acc), -1)
+    left = np.arange(len(acc))
+    level = 0
+    while len(left):
+        m = pareto_mask(acc[left], energy[left])
+        rank[left[m]] = level
+        left, level = left[~m], level + 1
+    return rank

@@ -15,7 +15,7 @@ import optuna
 
 from ..core.errors import SpikeSearchError
 from ..core.registry import Registry
-from .pareto import pareto_mask
+from .pareto import nondominated_rank, pareto_mask
 from .space import SIGNALS, Evaluation, Space
 
 OBJECTIVES = ("acc", "energy")
@@ -35,6 +35,7 @@ class SearchConfig:
     eta: int = 4  # successive halving keeps 1/eta of the cells at each rung
     rung_factor: int = 3  # ... and trains them rung_factor times longer
     min_epochs: int = 1
+    energy_proxy: str = "inv_threshold"  # ranks energy at a rung below full training (acc,energy objectives)
     population: int = 20  # regularised evolution
     tournament: int = 5
     seed: int = 0
@@ -161,11 +162,18 @@ def _full(ledger: Ledger, arch: Hashable, trial: optuna.Trial | None = None) -> 
     return ev.signals[ledger.cfg.final_signal]
 
 
+def random_plan(space: Space, cfg: SearchConfig) -> list[Hashable]:
+    """Random search's cells, in order: as many full trainings as the budget pays for, drawn without
+    replacement from the (pre-filtered) pool. A fixed plan, so any number of workers trains the same cells."""
+    rng = np.random.default_rng(cfg.seed)
+    pool = pool_of(space, cfg, rng)
+    return list(rng.permutation(np.array(pool, dtype=object))[:cfg.budget // space.max_epochs])
+
+
 @STRATEGIES.register("random")
 def random_search(ledger: Ledger, rng: np.random.Generator) -> None:
-    """Full trainings of cells drawn at random (without replacement) from the (pre-filtered) pool."""
-    pool = pool_of(ledger.space, ledger.cfg, rng)
-    for arch in rng.permutation(np.array(pool, dtype=object)):
+    """Full trainings of random_plan's cells."""
+    for arch in random_plan(ledger.space, ledger.cfg):
         if _full(ledger, arch) is None:
             return
 
@@ -275,7 +283,11 @@ def halving(ledger: Ledger, rng: np.random.Generator, pool: list[Hashable], epoc
             return
         keep = max(1, len(alive) // cfg.eta)
         signal = np.array([ev.signals[cfg.signal] for ev in evs])
-        order = np.lexsort((rng.random(len(alive)), -signal))  # ties at random
+        if len(cfg.objectives) == 1:
+            order = np.lexsort((rng.random(len(alive)), -signal))  # ties at random
+        else:  # by front level of (signal, zero-cost energy): a cell's energy is measured only once trained
+            level = nondominated_rank(signal, ledger.space.zero_cost(cfg.energy_proxy, [a for _, a in alive]))
+            order = np.lexsort((rng.random(len(alive)), level))
         for j in order[keep:]:
             ledger.prune(alive[j][0])
         alive = [alive[j] for j in order[:keep]]
