@@ -45,7 +45,6 @@ def _checked(kind: type, ok, requirement: str):
 
 
 positive_int = _checked(int, lambda v: v > 0, "must be positive")
-non_negative_int = _checked(int, lambda v: v >= 0, "must be >= 0")
 nonneg_int = _checked(int, lambda v: v >= 0, "must be >= 0")
 seed = _checked(int, lambda v: 0 <= v <= SEED_MAX, f"a seed is an integer in 0..{SEED_MAX}")
 positive_float = _checked(float, lambda v: v > 0, "must be > 0")

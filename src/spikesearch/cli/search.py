@@ -155,13 +155,13 @@ def add_arguments(p: argparse.ArgumentParser, add_common) -> None:
                    help="what picks among fully trained cells")
     p.add_argument("--prefilter", default="params", help="params, none, or a column of --scores (zero-cost)")
     p.add_argument("--prefilter_frac", type=arg.positive_float, default=0.2, help="the top fraction kept")
-    p.add_argument("--warm_start", type=arg.non_negative_int, default=0,
+    p.add_argument("--warm_start", type=arg.nonneg_int, default=0,
                    help="enqueue the zero-cost score's N best cells first (tpe, nsga2, evolution)")
     p.add_argument("--scores", default=None, help="a 'nasbench proxies' run folder: its proxies.csv columns")
     p.add_argument("--eta", type=arg.positive_int, default=4, help="successive halving keeps 1/eta per rung")
     p.add_argument("--rung_factor", type=arg.positive_int, default=3, help="epochs grow by this factor per rung")
     p.add_argument("--min_epochs", type=arg.positive_int, default=1)
-    p.add_argument("--repeats", type=arg.non_negative_int, default=0,
+    p.add_argument("--repeats", type=arg.nonneg_int, default=0,
                    help="also simulate N repeats (seeds S..S+N-1) on the table and report the regret")
     p.add_argument("--storage", default=None,
                    help="an Optuna storage URL (sqlite:///F, postgresql://...); default: study.journal in the run folder")

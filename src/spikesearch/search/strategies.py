@@ -5,7 +5,6 @@ final signal (and energy). The budget counts training epochs: a rung continues f
 promoted from 3 to 9 epochs costs 6 more."""
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
