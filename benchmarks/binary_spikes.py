@@ -52,7 +52,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     cfg = json.loads((a.ann / "config.json").read_text())
-    train, test, info = make_loaders(a.dataset, a.data, 100, torch.device("cpu"), 0, None, a.images)
+    train, _, test, info = make_loaders(a.dataset, a.data, 100, torch.device("cpu"), 0, None, a.images)
     vcfg = VGGConfig(width=cfg["width"], batchnorm=cfg["batchnorm"], binary=cfg["binary"], activation=cfg["activation"],
                      levels=cfg["levels"], num_classes=info.num_classes, in_channels=info.channels, image_size=info.size)
     ann = VGG(vcfg)

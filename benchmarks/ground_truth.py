@@ -81,7 +81,7 @@ def main() -> None:
     args = build_parser().parse_args(["snasnet", *common, "--seed", str(a.seed)])
     fill_recipe(args)
     device = torch.device(a.device)
-    train, _, _ = make_loaders(args.dataset, args.data_dir, args.batch_size, device, args.seed, None, None,
+    train, _, _, _ = make_loaders(args.dataset, args.data_dir, args.batch_size, device, args.seed, None, None,
                                frames=args.timestep)
     batches = scoring_batches(train, score_config(args), args.seed)
     build = SNASNetBuilder("backward", macro_config(args.dataset), args.timestep, args.tau, args.threshold,

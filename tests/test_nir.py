@@ -212,7 +212,7 @@ def test_cli_export_of_convert_runs(tmp_path, capsys):
     out = tmp_path / "calibrate.nir"
     assert main(["export", str(tmp_path / "calibrate"), "-o", str(out)]) == 0
     snn, shape = rebuild(tmp_path / "calibrate")
-    x = torch.cat([b for b, _ in make_loaders("fmnist-small", None, 16, torch.device("cpu"), 0, 16, 16)[1]])
+    x = torch.cat([b for b, _ in make_loaders("fmnist-small", None, 16, torch.device("cpu"), 0, 16, 16).test])
     graph = nir.read(str(out))
     round_trip(snn, graph, tmp_path, lambda: snn.simulate(x, 8, one_step=True), lambda net: net(x, timesteps=8))
     capsys.readouterr()
