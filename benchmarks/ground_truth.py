@@ -82,7 +82,7 @@ def main() -> None:
     fill_recipe(args)
     device = torch.device(a.device)
     train, _, _, _ = make_loaders(args.dataset, args.data_dir, args.batch_size, device, args.seed, None, None,
-                               frames=args.timestep)
+                                  frames=args.timestep)
     batches = scoring_batches(train, score_config(args), args.seed)
     build = SNASNetBuilder("backward", macro_config(args.dataset), args.timestep, args.tau, args.threshold,
                            args.surrogate, str(device))
