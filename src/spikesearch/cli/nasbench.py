@@ -7,6 +7,7 @@ import textwrap
 import time
 from collections import deque
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -218,14 +219,15 @@ def plot_proxies(result: dict, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
-TABLE_PROXIES = ("params", "valacc10")  # given by the table for every cell; the others come from --scores
+# signals the table gives for every cell; the others are columns of a 'nasbench proxies' run (--scores)
+TABLE_PROXIES: dict[str, Callable[[Record], float]] = {"params": lambda r: float(r.params),
+                                                      "valacc10": lambda r: r.val_at(10)}
 
 
 def _free_proxy(name: str, records: dict[int, Record], scores: dict[int, float] | None):
-    if name == "params":
-        return lambda i: float(records[i].params)
-    if name == "valacc10":
-        return lambda i: records[i].val_at(10)
+    if name in TABLE_PROXIES:
+        signal = TABLE_PROXIES[name]
+        return lambda i: signal(records[i])
     if name == "random":
         return None
     if scores is None:
