@@ -39,6 +39,11 @@ def snntorch_steps(graph, x: torch.Tensor, timesteps: int, fix_flatten: bool) ->
         for name, m in list(net.named_modules()):
             if isinstance(m, nn.Flatten):
                 m.start_dim, m.end_dim = 1, -1
+    return stateful_steps(net, x, timesteps)
+
+
+def stateful_steps(net, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """``[T, ...]`` outputs of a NIR-imported network that takes and returns its state each step (both consumers)."""
     state, outs = None, []
     with torch.no_grad():
         for _ in range(timesteps):
@@ -68,12 +73,7 @@ def norse_steps(graph, x: torch.Tensor, timesteps: int, shim: bool) -> torch.Ten
         return _import_norse_module(node, ignore_warnings=True, dt=DT)
 
     net = nirtorch.load(graph, model_map) if shim else norse.from_nir(graph, ignore_warnings=True, dt=DT)
-    state, outs = None, []
-    with torch.no_grad():
-        for _ in range(timesteps):
-            out, state = net(x, state)
-            outs.append(out)
-    return torch.stack(outs)
+    return stateful_steps(net, x, timesteps)
 
 
 def converted_graph(train) -> object:

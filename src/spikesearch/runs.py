@@ -169,13 +169,19 @@ def _read_config(path: Path) -> dict:
     if not cfg.exists():
         raise SpikeSearchError(f"{path} holds no config.json, so --resume cannot check that it continues the same "
                                "run; use --overwrite to start it again")
+    return read_json_object(cfg)
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file the program wrote (config.json, results.json) read back: unreadable, malformed or not an object
+    is one line."""
     try:
-        stored = json.loads(cfg.read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise SpikeSearchError(f"cannot read {cfg}: {getattr(e, 'strerror', None) or e}") from None
-    if not isinstance(stored, dict):
-        raise SpikeSearchError(f"{cfg} is not a JSON object")
-    return stored
+        raise SpikeSearchError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(data, dict):
+        raise SpikeSearchError(f"{path} is not a JSON object")
+    return data
 
 
 def config_diff(stored: dict, new: dict) -> dict[str, tuple[Any, Any]]:

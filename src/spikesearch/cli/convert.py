@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from ..core.errors import SpikeSearchError
 from ..data.events import SPLITS
 from ..data.loader import BatchLoader
 from ..measure.plots import plot_accuracy_vs_timestep, plot_spike_report
-from ..runs import RunRequest, atomic_write_bytes, check_output, split_job_dir
+from ..runs import RunRequest, atomic_write_bytes, check_output, read_json_object, split_job_dir
 from ..train.checkpoint import load_checkpoint, load_model_weights
 from ..train.pipeline import make_loaders, train_and_report
 from ..train.setup import pick_device, seed_everything
@@ -182,10 +181,7 @@ def rebuild_converted(cfg: dict, folder: Path, info) -> torch.nn.Module:
     results = folder / "results.json"
     if not results.is_file():
         raise SpikeSearchError(f"{folder}: the conversion has not finished (no results.json)")
-    try:
-        recorded = json.loads(results.read_text()).get("ann_sha256")
-    except (OSError, json.JSONDecodeError) as e:
-        raise SpikeSearchError(f"cannot read {results}: {e}") from None
+    recorded = read_json_object(results).get("ann_sha256")
     if not recorded:
         raise SpikeSearchError(f"{folder}: results.json records no ANN checksum (a run from before checksums): "
                                "convert again to export")

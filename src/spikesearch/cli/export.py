@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from ..core.errors import SpikeSearchError
 from ..core.registry import Registry
 from ..data.datasets import DATASETS
 from ..export.to_nir import nir_module, to_nir
-from ..runs import atomic_write_bytes, check_output
+from ..runs import atomic_write_bytes, check_output, read_json_object
 from ..train.checkpoint import load_checkpoint, load_model_weights
 from .convert import rebuild_converted
 
@@ -34,16 +33,6 @@ def run_folder(path: Path) -> Path:
     if not (folder / "config.json").is_file():
         raise SpikeSearchError(f"{folder} holds no config.json: not a spikesearch run folder")
     return folder
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise SpikeSearchError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise SpikeSearchError(f"{path} is not a JSON object")
-    return data
 
 
 def _weights(model: torch.nn.Module, folder: Path, checkpoint: Path | None) -> torch.nn.Module:
@@ -66,7 +55,7 @@ def _snasnet_run(cfg: dict, folder: Path, info) -> torch.nn.Module:
     from ..snasnet.space import parse_cnt_mat
 
     results = folder / "results.json"
-    cnt_mat = _read_json(results)["cnt_mat"] if results.is_file() else cfg.get("cnt_mat")
+    cnt_mat = read_json_object(results)["cnt_mat"] if results.is_file() else cfg.get("cnt_mat")
     if not cnt_mat:
         raise SpikeSearchError(f"{folder}: the search has not picked a cell yet (no results.json)")
     return SNASNet(parse_cnt_mat(cnt_mat), cfg["celltype"], macro_config(cfg["dataset"], second_avgpooling=cfg["second_avgpooling"]),
@@ -113,7 +102,7 @@ def rebuild(path: str | Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
 
 def _rebuild(path: Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     folder = run_folder(path)
-    cfg = _read_json(folder / "config.json")
+    cfg = read_json_object(folder / "config.json")
     info = DATASETS.get(cfg.get("dataset", "fmnist-small"))
     name = " ".join(str(k) for k in (cfg.get("command"), cfg.get("dhs_command")) if k)
     if name not in RUN_KINDS:
@@ -127,7 +116,7 @@ def _rebuild(path: Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
 
 def _inputs(source: Path) -> list:
     """What an export reads: the run folder or checkpoint, and for a convert run its ANN file and data."""
-    cfg = _read_json(run_folder(source) / "config.json")
+    cfg = read_json_object(run_folder(source) / "config.json")
     read = ("model", "data") if cfg.get("command") == "convert" else ()
     return [source, *(cfg[k] for k in read if isinstance(cfg.get(k), str))]
 
