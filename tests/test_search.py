@@ -9,7 +9,7 @@ from spikesearch.nasbench import bench
 from spikesearch.nasbench.bench import cell_of, parse_log, reaches_output
 from spikesearch.search import SearchConfig, search
 from spikesearch.search.pareto import hypervolume, pareto_mask
-from spikesearch.search.strategies import halving_cost, pool_of, rungs
+from spikesearch.search.strategies import halving_cost, pool_of, random_plan, rungs
 from spikesearch.search.tabular import BenchSpace
 
 
@@ -207,7 +207,6 @@ def test_three_workers_one_killed_mid_trial_count_every_cell_once(clone, tmp_pat
     import signal
     import time
 
-    from spikesearch.search.strategies import random_plan
     from spikesearch.search.workers import collect, plan, rdb_storage
 
     url, cfg = f"sqlite:///{tmp_path / 'study.db'}", SearchConfig(strategy="random", budget=1200, prefilter=None, seed=4)
@@ -240,6 +239,30 @@ def test_three_workers_one_killed_mid_trial_count_every_cell_once(clone, tmp_pat
     many = collect(study, space)
     single = search(space, cfg)
     assert (many.arch, many.epochs_spent) == (single.arch, single.epochs_spent) == (many.arch, 1200)
+
+
+def test_a_stale_trial_failed_twice_is_trained_once(clone, tmp_path):
+    """Two workers failing one stale trial at the same moment (SQLite has no row lock) both enqueue its cell."""
+    from spikesearch.search.workers import DUPLICATE_ATTR, collect, plan, rdb_storage, work
+
+    cfg = SearchConfig(strategy="random", budget=500, prefilter=None, seed=4)
+    space = BenchSpace(bench.read_bench(clone))
+    study = plan(cfg, space, rdb_storage(f"sqlite:///{tmp_path / 'study.db'}"), "w")
+    first = study.get_trials()[0]
+    cell = first.system_attrs["fixed_params"]
+    study.enqueue_trial(cell)
+    study.enqueue_trial(cell)
+    assert work(study, space, cfg) == 5
+    done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    stood_down = [t for t in study.get_trials() if DUPLICATE_ATTR in t.user_attrs]
+    assert len(done) == 5 and sorted(space.decode(t.params) for t in done) == sorted(random_plan(space, cfg))
+    assert [t.user_attrs[DUPLICATE_ATTR] for t in stood_down] == [first.number, first.number]
+    result = collect(study, space)
+    assert (result.arch, result.epochs_spent) == (search(space, cfg).arch, 500)
+    late = done[0]  # two tells at the same moment: a second completion of a cell counts nothing
+    study.add_trial(optuna.trial.create_trial(params=late.params, distributions=late.distributions, value=100.0,
+                                              user_attrs=late.user_attrs))
+    assert (collect(study, space).arch, collect(study, space).epochs_spent) == (result.arch, 500)
 
 
 def test_search_command_with_workers_equals_one_process(clone, tmp_path):

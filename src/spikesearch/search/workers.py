@@ -5,15 +5,17 @@ The plan is fixed before any worker starts: the first process enqueues random se
 (``random_plan``), so which cells are trained does not depend on how many workers share them, and the result
 equals a single worker's. A worker pops a WAITING trial (atomically, in the storage), trains the cell and tells
 the value; its heartbeat marks the trial alive. A worker killed mid-trial stops beating: after the grace period
-any worker fails the stale trial and ``RetryHeartbeatStaleTrialCallback`` enqueues the same cell again, so the cell is
-trained to completion once and counted once (COMPLETE), the lost attempt stays FAIL."""
+any worker fails the stale trial and ``retry`` enqueues the same cell again; the lost attempt stays FAIL.
+
+SQLite has no row lock: two workers can both fail the same stale trial and both enqueue a retry. So a cell is
+trained by its lowest-numbered live attempt only (a later one that finds an earlier attempt waiting, running or
+complete stands down as FAIL), and ``collect`` counts each cell's first completion once, whatever the race."""
 from __future__ import annotations
 
 import os
 import time
 import numpy as np
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
@@ -22,12 +24,35 @@ from .space import Space
 from .strategies import ARCH_ATTR, SearchConfig, SearchResult, new_study, random_plan
 
 PLAN_ATTR = "plan"
+DUPLICATE_ATTR = "duplicate_of"
+MAX_RETRY = 3
+LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
+
+
+def _cell(trial: optuna.trial.FrozenTrial) -> dict:
+    return trial.params or trial.system_attrs.get("fixed_params") or {}
+
+
+def retry(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
+    """Enqueue a stale trial's cell again, unless an attempt at it is alive or done, or it died ``MAX_RETRY``
+    times already."""
+    cell = _cell(failed)
+    same = [t for t in study.get_trials(deepcopy=False) if t.number != failed.number and _cell(t) == cell]
+    if any(t.state in LIVE for t in same) or len(same) >= MAX_RETRY:
+        return
+    study.enqueue_trial(cell, skip_if_exists=False)
 
 
 def rdb_storage(url: str, heartbeat: int = 10, grace: int = 30) -> optuna.storages.RDBStorage:
     """An RDB storage whose trials beat every ``heartbeat`` s and are failed (and retried) after ``grace`` s."""
     return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
-                                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+                                      heartbeat_stale_trial_callback=retry)
+
+
+def _earlier_attempt(study: optuna.Study, number: int, cell: dict) -> int | None:
+    """The number of an earlier attempt at ``cell`` that is waiting, running or complete, if any."""
+    return next((t.number for t in study.get_trials(deepcopy=False)
+                 if t.number < number and t.state in LIVE and _cell(t) == cell), None)
 
 
 def plan(cfg: SearchConfig, space: Space, storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
@@ -61,8 +86,13 @@ def work(study: optuna.Study, space: Space, cfg: SearchConfig, poll: float = 0.5
         # ask/tell starts no heartbeat of its own (study.optimize does): Optuna's thread beats from the first
         # moment, since a trial that never beat is never found stale (it would wait forever)
         with get_heartbeat_thread(trial._trial_id, study._storage):
-            frozen = study._storage.get_trial(trial._trial_id)
-            if not (frozen.system_attrs.get("fixed_params") or frozen.params):  # another worker took the last one
+            cell = _cell(study._storage.get_trial(trial._trial_id))
+            if not cell:  # another worker took the last waiting trial: ask made a fresh one
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            earlier = _earlier_attempt(study, trial.number, cell)
+            if earlier is not None:  # a duplicate retry (see the module's note): the earlier attempt trains it
+                trial.set_user_attr(DUPLICATE_ATTR, earlier)
                 study.tell(trial, state=TrialState.FAIL)
                 continue
             arch = space.decode({k: trial.suggest_categorical(k, d.choices) for k, d in dists.items()})
@@ -80,12 +110,14 @@ def work(study: optuna.Study, space: Space, cfg: SearchConfig, poll: float = 0.5
 
 def collect(study: optuna.Study, space: Space) -> SearchResult:
     """The result of a finished study: the best COMPLETE trial; each cell's epochs counted once."""
-    finals = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if ARCH_ATTR in t.user_attrs]
+    finals, archs = [], []
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):  # in trial order: a cell's first completion
+        arch = space.decode(t.params)
+        if ARCH_ATTR in t.user_attrs and arch not in archs:
+            finals.append(t)
+            archs.append(arch)
     if not finals:
         return SearchResult(None, 0, 0.0, len(study.trials))
-    archs = [space.decode(t.params) for t in finals]
-    if len(set(archs)) != len(archs):
-        raise SpikeSearchError(f"study {study.study_name}: a cell completed twice")
     rows = [{"arch": a, "acc": t.value, "energy": None} for a, t in zip(archs, finals)]
     return SearchResult(archs[int(np.argmax([t.value for t in finals]))], sum(t.user_attrs["epochs"] for t in finals),
                         0.0, len(study.trials), finals=rows)
