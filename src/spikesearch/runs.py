@@ -505,6 +505,31 @@ class Run:
         self.close()
 
 
+class Part(Run):
+    """A subfolder of an open run that a ``Trainer`` writes as it would a run (one trained cell of a search):
+    its own checkpoints, metrics.csv and log.txt, under the run's lock (it holds no lock of its own, so it is no
+    nested run: ``--overwrite`` replaces it with its run). ``config`` is what its checkpoints record; one trained
+    under other settings is refused."""
+
+    def __init__(self, parent: Run, name: str, config: dict) -> None:
+        self.path = self._out = parent.file(name)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SpikeSearchError(f"cannot create {self.path}: {_why(e)}") from None
+        self.main, self.quiet, self.resumed = parent.main, True, False
+        self.config = self.stored = config
+        self._lock, self._log, self._pending_log, self._started = None, None, [], False
+        self.started()
+
+    def check_record(self, record: Any, source: Path) -> None:
+        if record is not None and record != self.config:
+            diff = ", ".join(f"{k} {record.get(k)!r} -> {self.config.get(k)!r}" for k in sorted(self.config.keys() | record.keys())
+                             if record.get(k) != self.config.get(k))[:300]
+            raise SpikeSearchError(f"{source} was trained under other settings ({diff}): resume with the settings it "
+                                   "ran with, or start a new run")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunRequest:
     """A command's run folder before it is opened: ``check()`` early (read-only, before slow work), ``open()``

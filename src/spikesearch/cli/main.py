@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("nasbench", help="proxies and search strategies evaluated on SpikeNAS-Bench's trained table")
     nasbench_command.add_arguments(n, add_common)
 
-    q = sub.add_parser("search", help="budgeted multi-fidelity / accuracy-vs-energy search (Optuna) over SpikeNAS-Bench",
+    q = sub.add_parser("search", help="budgeted multi-fidelity / accuracy-vs-energy search (Optuna) over SNASNet cells or SpikeNAS-Bench",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     search_command.add_arguments(q, add_common)
 

@@ -34,7 +34,7 @@ class SearchConfig:
     eta: int = 4  # successive halving keeps 1/eta of the cells at each rung
     rung_factor: int = 3  # ... and trains them rung_factor times longer
     min_epochs: int = 1
-    energy_proxy: str = "inv_threshold"  # ranks energy at a rung below full training (acc,energy objectives)
+    energy_proxy: str = "inv_threshold"  # ranks energy at a rung where the space measures none (acc,energy)
     population: int = 20  # regularised evolution
     tournament: int = 5
     seed: int = 0
@@ -284,8 +284,12 @@ def halving(ledger: Ledger, rng: np.random.Generator, pool: list[Hashable], epoc
         signal = np.array([ev.signals[cfg.signal] for ev in evs])
         if len(cfg.objectives) == 1:
             order = np.lexsort((rng.random(len(alive)), -signal))  # ties at random
-        else:  # by front level of (signal, zero-cost energy): a cell's energy is measured only once trained
-            level = nondominated_rank(signal, ledger.space.zero_cost(cfg.energy_proxy, [a for _, a in alive]))
+        else:  # by front level of (signal, energy): measured at the rung where the space can (our cells), else
+            # a zero-cost estimate (SpikeNAS-Bench logs a cell's firing rates for full training only)
+            energy = [ev.energy for ev in evs]
+            if any(x is None for x in energy):
+                energy = ledger.space.zero_cost(cfg.energy_proxy, [a for _, a in alive])
+            level = nondominated_rank(signal, np.asarray(energy, dtype=float))
             order = np.lexsort((rng.random(len(alive)), level))
         for j in order[keep:]:
             ledger.prune(alive[j][0])

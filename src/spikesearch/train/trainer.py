@@ -233,13 +233,15 @@ class Trainer:
         loss_sum, correct, n = distributed.all_sum([loss_sum, correct, n], self.device)
         return loss_sum / n, correct / n
 
-    def fit(self, resume: bool | None = None) -> dict:
+    def fit(self, resume: bool | None = None, until: int | None = None) -> dict:
         """Train; ``resume`` (default: whether the run was opened with ``resume=True``) continues from
-        ``checkpoints/last.pt``."""
+        ``checkpoints/last.pt``. ``until`` stops after that many epochs, on the schedule planned for
+        ``cfg.epochs``: a later ``fit`` (or a resume) continues exactly as one uninterrupted run would."""
         if self.run.resumed if resume is None else resume:
             self.resume()
         writer = self._tensorboard()
-        for epoch in range(self.start_epoch, self.cfg.epochs):
+        end = self.cfg.epochs if until is None else min(until, self.cfg.epochs)
+        for epoch in range(self.start_epoch, end):
             self._apply_weight_decay_schedule(epoch)
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -275,6 +277,7 @@ class Trainer:
                             for split in ("val", "test") if row[f"{split}_acc"] is not None)
             self.run.log(f"epoch {epoch + 1}/{self.cfg.epochs}: lr {lr:.4g}, train loss {train_loss:.4f} "
                          f"acc {100 * train_acc:.2f}%{evals} ({row['seconds']:.1f}s)")
+        self.start_epoch = max(self.start_epoch, end)
         if writer is not None:
             writer.close()
         distributed.barrier()  # rank 0's last checkpoint is on disk before any rank reads it back
