@@ -33,6 +33,8 @@ SPACES = tuple(SPACE_DEFAULTS)
 # the flags that only one space reads: given for the other, they are refused rather than ignored
 BENCH_ONLY = ("bench_dir", "scores", "repeats")
 CELLS_ONLY = ("data_dir", "celltype", "num_search", "epochs", "train_subset", "test_subset", "timestep")
+# the snasnet command's defaults for what --space snasnet does not expose (recorded in results.json)
+CELL_MODEL = {"tau": 4 / 3, "threshold": 1.0, "surrogate": "atan:2", "batch_size": 64}
 
 
 def fill_space_defaults(a: argparse.Namespace) -> None:
@@ -129,11 +131,12 @@ def _search_cells(a: argparse.Namespace, cfg: SearchConfig) -> dict:
     request = RunRequest.from_args(a, a.name, a.runs_dir)
     request.check()
     seed_everything(a.seed)
-    loaders = make_loaders(a.dataset, a.data_dir, 64, device, a.seed, a.train_subset, a.test_subset,
-                           val_fraction=a.val_fraction)
-    make_surrogate("atan:2")
-    build = SNASNetBuilder(a.celltype, macro_config(a.dataset), a.timestep, 4 / 3, 1.0, "atan:2", str(device))
-    train = TrainConfig(epochs=a.epochs, optimizer=recipe["optimizer"], lr=recipe["learning_rate"],
+    loaders = make_loaders(a.dataset, a.data_dir, CELL_MODEL["batch_size"], device, a.seed, a.train_subset,
+                           a.test_subset, val_fraction=a.val_fraction)
+    make_surrogate(CELL_MODEL["surrogate"])
+    build = SNASNetBuilder(a.celltype, macro_config(a.dataset), a.timestep, CELL_MODEL["tau"], CELL_MODEL["threshold"],
+                           CELL_MODEL["surrogate"], str(device))
+    train = TrainConfig(epochs=a.epochs, batch_size=CELL_MODEL["batch_size"], optimizer=recipe["optimizer"], lr=recipe["learning_rate"],
                         weight_decay=recipe["weight_decay"], seed=a.seed, eval_interval=1, progress=False)
     score = ScoreConfig()
     batches = scoring_batches(loaders.train, score, a.seed) if cfg.prefilter not in (None, "params") else []
@@ -154,7 +157,7 @@ def _search_cells(a: argparse.Namespace, cfg: SearchConfig) -> dict:
         raise SpikeSearchError(f"--budget {cfg.budget} pays for no full training ({space.max_epochs} epochs)")
     test = space.truth(res.arch)
     out = {"space": a.space, "dataset": a.dataset, "celltype": a.celltype, "strategy": cfg.strategy,
-           "config": dataclasses.asdict(cfg), **space.describe(res.arch), "epochs_spent": res.epochs_spent,
+           "config": dataclasses.asdict(cfg), "model": CELL_MODEL, "train": dataclasses.asdict(train), **space.describe(res.arch), "epochs_spent": res.epochs_spent,
            "training_seconds_spent": res.seconds_spent, "wall_seconds": wall, "trials": res.trials,
            "full_trainings": len(res.finals),
            "chosen_by": f"{cfg.final_signal} after {space.max_epochs} epochs (validation split; never the test set)",
