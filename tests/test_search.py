@@ -200,8 +200,18 @@ def _worker(clone, url, name, cfg):
     work(optuna.load_study(study_name=name, storage=storage), SlowSpace(bench.read_bench(clone)), cfg, poll=0.2)
 
 
-def test_three_workers_one_killed_mid_trial_count_every_cell_once(clone, tmp_path):
-    """Storage covered: Optuna's RDB storage on SQLite (the run folder's; PostgreSQL uses the same code path)."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def rdb_url(request, tmp_path):
+    """The study's storage: SQLite in a file (as the run folder has it), or a PostgreSQL server started for the test
+    (``postgres_url`` in conftest.py: skipped, saying what is missing, where it cannot start one)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_three_workers_one_killed_mid_trial_count_every_cell_once(clone, rdb_url):
+    """Storage covered: Optuna's RDB storage on SQLite and on a real PostgreSQL server (row locks: a stale trial is
+    failed by one worker only; SQLite has none, see workers.py)."""
     import multiprocessing
     import os
     import signal
@@ -209,24 +219,30 @@ def test_three_workers_one_killed_mid_trial_count_every_cell_once(clone, tmp_pat
 
     from spikesearch.search.workers import collect, plan, rdb_storage
 
-    url, cfg = f"sqlite:///{tmp_path / 'study.db'}", SearchConfig(strategy="random", budget=1200, prefilter=None, seed=4)
+    url, cfg = rdb_url, SearchConfig(strategy="random", budget=1200, prefilter=None, seed=4)
     space = BenchSpace(bench.read_bench(clone))
     study = plan(cfg, space, rdb_storage(url, heartbeat=1, grace=5), "w")
     plan(cfg, space, rdb_storage(url), "w")  # a second process joining enqueues nothing more
     assert len(study.trials) == 12
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_worker, args=(clone, url, "w", cfg)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    victim = procs[0].pid
-    deadline = time.time() + 60
-    while not any(t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("pid") == victim
-                  for t in study.get_trials()):
-        assert time.time() < deadline, "the first worker never started a trial"
-        time.sleep(0.05)
-    os.kill(victim, signal.SIGKILL)
-    for p in procs:
-        p.join(120)
+    try:
+        for p in procs:
+            p.start()
+        victim = procs[0].pid
+        deadline = time.time() + 60
+        while not any(t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("pid") == victim
+                      for t in study.get_trials()):
+            assert time.time() < deadline, "the first worker never started a trial"
+            time.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)
+        for p in procs:
+            p.join(120)
+    finally:  # a failed test leaves no worker running (nor one holding the PostgreSQL server's connections)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
     assert procs[0].exitcode == -signal.SIGKILL and [p.exitcode for p in procs[1:]] == [0, 0]
 
     trials = study.get_trials()
