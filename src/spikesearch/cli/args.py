@@ -10,8 +10,6 @@ SEED_MAX = 2**32 - 1  # numpy's seed range
 # a converted SNN's simulation length: Lu & Sengupta reach the ANN's accuracy in 100-200 steps; each step
 # costs a full forward pass over the test set, so a billion is a typo, not an experiment
 TIME_MAX = 10_000
-# the keyword that takes --tau, per neuron that has one
-TAU_ARGUMENT = {"lif": "tau", "plif": "init_tau"}
 SCHEDULER_HELP = ("the same in every command: cosine to lr/100; step = lr/10 at 50%% and 75%% of the epochs "
                   "(SNASNet's official step); multistep = step at the recipe's milestones; periodic = lr*gamma "
                   "every step_size epochs; none")

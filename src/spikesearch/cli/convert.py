@@ -2,23 +2,23 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 from pathlib import Path
 
 import torch
 
-from ..convert.converter import ConvertConfig, convert, evaluate_snn
+from ..convert.converter import convert, evaluate_snn
 from ..convert.methods import CHOICES, help_text, resolve
 from ..convert.qcfs import init_thresholds
+from ..convert.rebuild import convert_config, file_sha256, load_vgg
 from ..convert.report import layer_report, plot_layer_report
 from ..convert.vgg import ARCHS, VGG, VGGConfig
 from ..core.errors import SpikeSearchError
 from ..data.events import SPLITS
 from ..data.loader import BatchLoader
 from ..measure.plots import plot_accuracy_vs_timestep, plot_spike_report
-from ..runs import RunRequest, atomic_write_bytes, check_output, read_json_object, split_job_dir
-from ..train.checkpoint import load_checkpoint, load_model_weights
+from ..runs import RunRequest, atomic_write_bytes, check_output, split_job_dir
+from ..train.checkpoint import load_checkpoint
 from ..train.pipeline import make_loaders, train_and_report
 from ..train.setup import pick_device, seed_everything
 from ..train.trainer import TrainConfig, evaluate, overridable
@@ -73,45 +73,6 @@ def cmd_train_ann(a: argparse.Namespace) -> dict:
     return result
 
 
-def load_vgg(path: str, a: argparse.Namespace, info) -> VGG:
-    """Rebuild the ANN from the model file's metadata, or from the flags for a bare state dict."""
-    ck = load_checkpoint(path)
-    meta = ck.get("meta")
-    if meta is None:
-        meta = dict(arch=a.arch, num_classes=info.num_classes, in_channels=info.channels, image_size=info.size,
-                    width=a.width, batchnorm=a.batchnorm, binary=a.binary, activation=a.activation, levels=a.levels)
-    cfg = VGGConfig.from_meta(meta, path)
-    if cfg.arch != a.arch:
-        raise SpikeSearchError(f"{path} holds a {cfg.arch} model, but --arch is {a.arch}")
-    if (cfg.in_channels, cfg.image_size, cfg.num_classes) != (info.channels, info.size, info.num_classes):
-        raise SpikeSearchError(f"{path} is a model for {cfg.in_channels}x{cfg.image_size}x{cfg.image_size} images and "
-                               f"{cfg.num_classes} classes; {a.dataset} has {info.channels}x{info.size}x{info.size} "
-                               f"and {info.num_classes}")
-    cfg.check_memory()
-    model = VGG(cfg)
-    state = ck.get("model", ck)
-    if not isinstance(state, dict):
-        raise SpikeSearchError(f"{path}: 'model' is a {type(state).__name__}, not a state dict")
-    # checkpoints saved from DataParallel (as the official ones) carry 'module.' in their names
-    state = {k.replace("module.", ""): v for k, v in state.items()}
-    load_model_weights(model, state, path)
-    return model
-
-
-def file_sha256(path: str | Path) -> str:
-    """The ANN file's digest, recorded at conversion: export re-converts from that file and must find it unchanged."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def convert_config(a: argparse.Namespace) -> ConvertConfig:
-    """The conversion a ``convert`` command line (or its recorded config.json) asks for."""
-    return ConvertConfig(a.percentile, a.channel_wise, a.v_init, a.method, a.presim, a.calib_timesteps, a.calib_images)
-
-
 def cmd_convert(a: argparse.Namespace) -> dict:
     device = pick_device("cuda" if a.gpu else "cpu")
     seed_everything(a.seed)
@@ -123,8 +84,8 @@ def cmd_convert(a: argparse.Namespace) -> dict:
         check_output(a.results_file, "--results-file", a.overwrite, [a.model, a.data, folder])
     train, _, test, info = make_loaders(a.dataset, a.data, a.batch_size, device, a.seed, None, a.eval_size,
                                         eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
-    ann = load_vgg(a.model, a, info).to(device).eval()
-    cfg = convert_config(a)
+    ann = load_vgg(a.model, vars(a), info).to(device).eval()
+    cfg = convert_config(vars(a))
     method = resolve(cfg.method, ann.cfg.activation == "qcfs")
     if method.needs_one_step and not a.one_step:
         raise SpikeSearchError(f"--method {method.name} simulates one step at a time: add --one-step")
@@ -172,32 +133,6 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     run.log(f"SNN accuracy at T={a.time}: {100 * acc[-1]:.2f}% (ANN {100 * ann_acc:.2f}%); within 1 point of the "
             f"ANN from T={near}; {1000 * res['seconds_per_timestep']:.1f} ms per timestep for {res['images']} images")
     return result
-
-
-def rebuild_converted(cfg: dict, folder: Path, info) -> torch.nn.Module:
-    """The SNN a convert run made (for export). A convert run keeps no SNN weights: the conversion is deterministic,
-    so it is done again from the ANN file and the normalisation images the run used, once the ANN file is found to
-    be the one converted (its SHA-256, recorded in results.json) and the method exportable."""
-    results = folder / "results.json"
-    if not results.is_file():
-        raise SpikeSearchError(f"{folder}: the conversion has not finished (no results.json)")
-    recorded = read_json_object(results).get("ann_sha256")
-    if not recorded:
-        raise SpikeSearchError(f"{folder}: results.json records no ANN checksum (a run from before checksums): "
-                               "convert again to export")
-    a = argparse.Namespace(**cfg)
-    if not Path(a.model).is_file():
-        raise SpikeSearchError(f"{folder}: the ANN file it converted, {a.model}, no longer exists")
-    if file_sha256(a.model) != recorded:
-        raise SpikeSearchError(f"{folder}: the ANN file {a.model} has changed since it was converted (SHA-256 differs); "
-                               "convert it again to export")
-    train, _, _, info = make_loaders(a.dataset, a.data, a.batch_size, torch.device("cpu"), a.seed, None, a.eval_size,
-                                     eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
-    ann = load_vgg(a.model, a, info).eval()
-    resolve(a.method, ann.cfg.activation == "qcfs").check_exportable()  # before the conversion's minutes
-    batches = [x for x, _ in BatchLoader(train.data.subset(a.norm), a.batch_size, train.augment, False)]
-    snn, _ = convert(ann, batches, convert_config(a))
-    return snn
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:

@@ -158,8 +158,7 @@ def cmd_train(a: argparse.Namespace) -> dict:
     request = RunRequest.from_args(a, a.name, a.runs_dir, inputs=[a.genotype], overridable=TRAIN_OVERRIDES)
     request.check()
     seed_everything(a.seed)
-    cfg = DHSConfig(levels=saved.get("levels", max(g.path) + 1), mix=saved.get("mix", "membrane"), stem_stride=a.stem_stride,
-                    channels=a.train_channels, timesteps=a.timestep, dgs=a.dgs)
+    cfg = DHSConfig.for_genotype(g, request.config)
     loaders = make_loaders(a.dataset, a.data_dir, a.train_batch_size, device, a.seed, a.train_subset, a.test_subset,
                            frames=cfg.timesteps, split_by=a.event_split, val_fraction=a.val_fraction)
     info = loaders.info

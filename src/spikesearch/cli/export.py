@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import argparse
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from ..convert.rebuild import rebuild_converted
 from ..core.errors import SpikeSearchError
+from ..core.models import SpikingCNN
 from ..core.registry import Registry
-from ..data.datasets import DATASETS
+from ..data.datasets import DATASETS, DatasetInfo
+from ..dhs.network import DHSNet
 from ..export.to_nir import nir_module, to_nir
-from ..runs import atomic_write_bytes, check_output, read_json_object
+from ..runs import atomic_write_bytes, check_output, command_of, read_json_object
+from ..snasnet.network import SNASNet
 from ..train.checkpoint import load_checkpoint, load_model_weights
-from .convert import rebuild_converted
 
 FORMATS = ("nir",)
 
@@ -41,54 +45,30 @@ def _weights(model: torch.nn.Module, folder: Path, checkpoint: Path | None) -> t
     return model.eval()
 
 
-def _train_run(cfg: dict, folder: Path, info) -> torch.nn.Module:
-    from ..core.models import SpikingCNN
-    from .args import TAU_ARGUMENT
-
-    tau = {TAU_ARGUMENT[cfg["neuron"]]: cfg["tau"]} if cfg["neuron"] in TAU_ARGUMENT else {}
-    return SpikingCNN(info.channels, info.num_classes, info.size, cfg["widths"], cfg["timestep"], cfg["neuron"],
-                      surrogate=cfg["surrogate"], **tau)
-
-
-def _snasnet_run(cfg: dict, folder: Path, info) -> torch.nn.Module:
-    from ..snasnet.network import SNASNet, macro_config
-    from ..snasnet.space import parse_cnt_mat
-
-    results = folder / "results.json"
-    cnt_mat = read_json_object(results)["cnt_mat"] if results.is_file() else cfg.get("cnt_mat")
-    if not cnt_mat:
-        raise SpikeSearchError(f"{folder}: the search has not picked a cell yet (no results.json)")
-    return SNASNet(parse_cnt_mat(cnt_mat), cfg["celltype"], macro_config(cfg["dataset"], second_avgpooling=cfg["second_avgpooling"]),
-                   cfg["timestep"], cfg["tau"], cfg["threshold"], cfg["surrogate"])
-
-
-def _dhs_train_run(cfg: dict, folder: Path, info) -> torch.nn.Module:
-    from ..dhs.genotype import Genotype
-    from ..dhs.network import DHSConfig, DHSNet
-
-    g = Genotype.load(folder / "genotype.json")
-    saved = g.info.get("config", {})
-    dcfg = DHSConfig(levels=saved.get("levels", max(g.path) + 1), mix=saved.get("mix", "membrane"),
-                     stem_stride=cfg["stem_stride"], channels=cfg["train_channels"], timesteps=cfg["timestep"],
-                     dgs=cfg.get("dgs", False))
-    return DHSNet(dcfg, info.channels, info.num_classes, info.size, genotype=g)
-
-
 @dataclass(frozen=True)
 class RunKind:
-    """How export gets a run's network back: ``build`` makes it from config.json (and the run's other files);
-    a ``trained`` one then loads the checkpoint's weights (a convert run keeps none: it re-converts)."""
+    """How export gets a run's network back: ``build`` (the model family's own hook) makes it from config.json and
+    the run's other files; a ``trained`` one then loads the checkpoint's weights (a convert run keeps none: it
+    re-converts); ``reads`` names the config keys of the files outside the run folder that the build reads."""
 
-    build: Callable[[dict, Path, object], torch.nn.Module]
+    build: Callable[[Mapping[str, Any], Path, DatasetInfo], torch.nn.Module]
     trained: bool = True
+    reads: tuple[str, ...] = ()
 
 
-# by config.json's command (and sub-command)
+# by config.json's command (runs.command_of)
 RUN_KINDS: Registry[RunKind] = Registry("exported run kind")
-RUN_KINDS.add("train", RunKind(_train_run))
-RUN_KINDS.add("snasnet", RunKind(_snasnet_run))
-RUN_KINDS.add("dhs train", RunKind(_dhs_train_run))
-RUN_KINDS.add("convert", RunKind(rebuild_converted, trained=False))
+RUN_KINDS.add("train", RunKind(SpikingCNN.from_run))
+RUN_KINDS.add("snasnet", RunKind(SNASNet.from_run))
+RUN_KINDS.add("dhs train", RunKind(DHSNet.from_run))
+RUN_KINDS.add("convert", RunKind(rebuild_converted, trained=False, reads=("model", "data")))
+
+
+def _kind(folder: Path, cfg: dict) -> RunKind:
+    name = command_of(cfg)
+    if name not in RUN_KINDS:
+        raise SpikeSearchError(f"{folder} is a {name or 'Python API'} run; exported are {', '.join(RUN_KINDS.names())} runs")
+    return RUN_KINDS.get(name)
 
 
 def rebuild(path: str | Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
@@ -103,11 +83,8 @@ def rebuild(path: str | Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
 def _rebuild(path: Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     folder = run_folder(path)
     cfg = read_json_object(folder / "config.json")
+    kind = _kind(folder, cfg)
     info = DATASETS.get(cfg.get("dataset", "fmnist-small"))
-    name = " ".join(str(k) for k in (cfg.get("command"), cfg.get("dhs_command")) if k)
-    if name not in RUN_KINDS:
-        raise SpikeSearchError(f"{folder} is a {name} run; exported are {', '.join(RUN_KINDS.names())} runs")
-    kind = RUN_KINDS.get(name)
     model = kind.build(cfg, folder, info)
     if kind.trained:
         model = _weights(model, folder, path if path.is_file() else None)
@@ -115,10 +92,11 @@ def _rebuild(path: Path) -> tuple[torch.nn.Module, tuple[int, int, int]]:
 
 
 def _inputs(source: Path) -> list:
-    """What an export reads: the run folder or checkpoint, and for a convert run its ANN file and data."""
-    cfg = read_json_object(run_folder(source) / "config.json")
-    read = ("model", "data") if cfg.get("command") == "convert" else ()
-    return [source, *(cfg[k] for k in read if isinstance(cfg.get(k), str))]
+    """What an export reads: the run folder or checkpoint, and the files its kind's build reads (a convert run's
+    ANN file and data)."""
+    folder = run_folder(source)
+    cfg = read_json_object(folder / "config.json")
+    return [source, *(cfg[k] for k in _kind(folder, cfg).reads if isinstance(cfg.get(k), str))]
 
 
 def cmd_export(a: argparse.Namespace) -> dict:
@@ -133,7 +111,7 @@ def cmd_export(a: argparse.Namespace) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="a run folder of train, snasnet, dhs train or convert (or one of its checkpoints)")
+    p.add_argument("source", help=f"a run folder of {', '.join(RUN_KINDS.names())} (or one of its checkpoints)")
     p.add_argument("--format", default="nir", choices=FORMATS)
     p.add_argument("-o", "--output", required=True, help="the file to write, e.g. net.nir")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")

@@ -42,18 +42,15 @@ def add_common(p: argparse.ArgumentParser) -> None:
 TRAIN_OVERRIDES = overridable({k: k for k in ("epochs", "lr", "optimizer", "scheduler", "weight_decay", "batch_size")})
 
 
-# --tau sets a LIF's fixed tau and a PLIF's initial tau; IF has none
 def cmd_train(a: argparse.Namespace) -> dict:
     device = pick_device(a.device)
     request = RunRequest.from_args(a, a.name, a.runs_dir, overridable=TRAIN_OVERRIDES)
-    request.check()
+    folder = request.check()
     seed_everything(a.seed)
     loaders = make_loaders(a.dataset, a.data_dir, a.batch_size, device, a.seed, a.train_subset, a.test_subset,
                            frames=a.timestep, split_by=a.event_split, val_fraction=a.val_fraction)
     info = loaders.info
-    tau_kw = {arg.TAU_ARGUMENT[a.neuron]: a.tau} if a.neuron in arg.TAU_ARGUMENT else {}
-    model = SpikingCNN(info.channels, info.num_classes, info.size, a.widths, a.timestep, a.neuron,
-                       surrogate=a.surrogate, **tau_kw)
+    model = SpikingCNN.from_run(request.config, folder, info)
     run = request.open()  # only after the inputs checked out: a failed command writes nothing
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
                       weight_decay=a.weight_decay, scheduler=a.scheduler, seed=a.seed, progress=not a.quiet)

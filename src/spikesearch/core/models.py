@@ -1,12 +1,30 @@
 """A small spiking CNN: the model behind ``spikesearch train`` and the README's five-line example."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, Sequence
 
 from torch import Tensor, nn
 
 from .errors import SpikeSearchError
 from .neurons import SeqToANN, make_neuron
+
+# the neuron keyword a run's ``tau`` sets (a LIF's fixed tau, a PLIF's initial one); IF has none
+TAU_ARGUMENT = {"lif": "tau", "plif": "init_tau"}
+
+
+class DataShape(Protocol):
+    """What sizes a network to its data (``data.datasets.DatasetInfo`` is one; core cannot import it)."""
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
 
 
 def repeat_input(x: Tensor, timesteps: int, channels: int) -> Tensor:
@@ -46,6 +64,14 @@ class SpikingCNN(nn.Module):
             c, size = w, size // 2
         self.features = nn.Sequential(*layers)
         self.classifier = SeqToANN(nn.Flatten(), nn.Linear(c * size * size, num_classes))
+
+    @classmethod
+    def from_run(cls, cfg: Mapping[str, Any], folder: Path, info: DataShape) -> "SpikingCNN":
+        """The network of a ``train`` run from its config (``folder`` holds nothing more it needs): ``spikesearch
+        train`` builds it here and export rebuilds it here, so the exported network is the trained one."""
+        tau = {TAU_ARGUMENT[cfg["neuron"]]: cfg["tau"]} if cfg["neuron"] in TAU_ARGUMENT else {}
+        return cls(info.channels, info.num_classes, info.size, cfg["widths"], cfg["timestep"], cfg["neuron"],
+                   surrogate=cfg["surrogate"], **tau)
 
     def forward(self, x: Tensor) -> Tensor:
         x = repeat_input(x, self.timesteps, self.in_channels)

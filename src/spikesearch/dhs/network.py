@@ -7,7 +7,10 @@ or frames ``[T, B, C, H, W]``; logits are averaged over T.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +31,9 @@ from .genotype import (
 )
 from .nodes import DGSSurrogate, NeuronChoice, NodeMix, build_neuron, synaptic_cost
 from .ops import DHS_TAU, EDGE_OPS, MIX_MODES, MixedOp, dhs_lif, op_macs
+
+if TYPE_CHECKING:
+    from ..data.datasets import DatasetInfo
 
 
 @dataclass
@@ -70,6 +76,15 @@ class DHSConfig:
         taus = self.taus if self.tps else (DHS_TAU,)
         return [NeuronChoice("lif", t, self.b_init) for t in taus] + ([NeuronChoice("ann")] if self.hns else [])
 
+    @classmethod
+    def for_genotype(cls, g: Genotype, run: Mapping[str, Any]) -> "DHSConfig":
+        """The config a ``dhs train`` run trains ``g`` with: the trellis ``g`` was searched on (its info.config) and
+        the run's width, timesteps, stem and DGS. ``dhs train`` and export both build from it, so they agree."""
+        saved = g.info.get("config", {})
+        return cls(levels=saved.get("levels", max(g.path) + 1), mix=saved.get("mix", "membrane"),
+                   stem_stride=run["stem_stride"], channels=run["train_channels"], timesteps=run["timestep"],
+                   dgs=run.get("dgs", False))
+
 
 def default_path(layers: int, levels: int) -> list[int]:
     """The path of a network whose layers are not searched: SpikeDHS's published ``[0,0,1,1,1,2,2,2]`` for its
@@ -110,6 +125,12 @@ class Cell(nn.Module):
         """The two spiking 1x1 preprocessors (cell k-2's, cell k-1's) as (conv, BN, neuron): the export hook."""
         return [(pre[0].module[0], pre[0].module[1], pre[1]) for pre in (self.pre0, self.pre1)]
 
+    def derived_edges(self, i: int) -> list[tuple[int, nn.Module, nn.Module]]:
+        """Node ``i``'s inputs in a derived cell as (source state, op, the op's own neuron or an Identity), its
+        ``none`` edges left out. The export hook: no exporter reads op names or a MixedOp's lists."""
+        edges = [(s, self.edges[f"{i}_{s}"]) for s in self.wiring[i]]
+        return [(s, edge.ops[0], edge.fire[0]) for s, edge in edges if edge.names[0] != "none"]
+
     def forward(self, s0: Tensor, s1: Tensor, alpha: Tensor | None, cost0: Tensor | float,
                 cost1: Tensor | float) -> tuple[Tensor, Tensor, Tensor | float]:
         """Output spikes, the expected energy (pJ per image and timestep) of the input convs and the edge ops,
@@ -140,6 +161,7 @@ class DHSNet(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg, self.in_channels, self.genotype = cfg, in_channels, genotype
+        self.input_shape = (in_channels, image_size, image_size)
         L, C = cfg.layers, cfg.channels
         steps = genotype.steps if genotype else cfg.steps
         if genotype is not None:
@@ -210,18 +232,30 @@ class DHSNet(nn.Module):
             return True
         return (self.path[k - 1] if k > 0 else 0) == src
 
-    def derived_cells(self) -> list[tuple[str, "Cell", tuple[int, int], tuple[int, int], tuple[int, int]]]:
-        """A derived network's cells in order: (key, cell, its own (layer, level) state, and the two states it reads,
-        k-2's and k-1's; layers -2 and -1 are the stem). The export hook, so no exporter re-derives the wiring."""
-        if self.path is None:
+    @classmethod
+    def from_run(cls, cfg: Mapping[str, Any], folder: Path, info: DatasetInfo) -> "DHSNet":
+        """The network of a ``dhs train`` run: the genotype copy in its folder, built as ``dhs train`` built it
+        (``DHSConfig.for_genotype``); export loads the run's weights into it."""
+        g = Genotype.load(folder / "genotype.json")
+        return cls(DHSConfig.for_genotype(g, cfg), info.channels, info.num_classes, info.size, genotype=g)
+
+    def derived_cells(self) -> list[tuple["Cell", tuple[int, int], tuple[int, int], tuple[int, int]]]:
+        """A derived network's cells in order: (cell, its own (layer, level) state, and the two states it reads,
+        k-2's and k-1's; layers -2 and -1 are the stem); the last cell's state is the output. The export hook, so
+        no exporter re-derives the wiring."""
+        if self.genotype is None:
             raise SpikeSearchError("a DHS search trellis is not a network: export the derived one (dhs train's model)")
         have, cells = {(-2, 0), (-1, 0)}, []
         for k, lv in enumerate(self.path):
             src = self.path[k - 1] if k else 0
-            key = f"{k}_{lv}_{'same' if src == lv else 'down'}"
-            cells.append((key, self.cells[key], (k, lv), (k - 2, self._prev_prev_level(k, lv, have)), (k - 1, src)))
+            cell = self.cells[f"{k}_{lv}_{'same' if src == lv else 'down'}"]
+            cells.append((cell, (k, lv), (k - 2, self._prev_prev_level(k, lv, have)), (k - 1, src)))
             have.add((k, lv))
         return cells
+
+    def derived_head(self) -> nn.Linear:
+        """A derived network's classifier: the head on its path's last level (the export hook)."""
+        return self.heads[str(self.path[-1])]
 
     @staticmethod
     def _prev_prev_level(k: int, lv: int, have: dict) -> int:

@@ -31,13 +31,19 @@ def _pair(v) -> tuple[int, int]:
 
 
 class Graph:
-    """Nodes and edges under construction; ``modules`` maps a neuron node to the module it stands for."""
+    """Nodes and edges of ``model``'s graph under construction; ``modules`` maps a neuron node to the module it
+    stands for, named by its path in ``model`` (looked up, so no exporter spells a model's attribute layout)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self.nir = nir_module()
         self.nodes: dict = {}
         self.edges: list[tuple[str, str]] = []
         self.modules: dict[str, str] = {}
+        self.paths = {m: name for name, m in model.named_modules()}
+
+    def where(self, m: nn.Module) -> str:
+        """``m``'s path in the model, for the graph's module names and for errors."""
+        return self.paths[m]
 
     def add(self, prefix: str, node, *sources: str, module: str | None = None) -> str:
         name = f"{prefix}_{len(self.nodes)}"
@@ -139,9 +145,10 @@ class Graph:
         return self.add("flatten", node, src), (int(np.prod(shape)),)
 
     # --- neurons ----------------------------------------------------------------------------------------
-    def neuron(self, m: BaseNode, src: str, shape, where: str) -> str:
+    def neuron(self, m: BaseNode, src: str, shape) -> str:
         from ..convert.methods import ConvertedIF
 
+        where = self.where(m)
         ones = np.ones(shape, np.float32)
         th = float(m.v_threshold)
         if type(m) not in (IF, LIF, PLIF, ConvertedIF):  # a subclass changes the dynamics (the signed IF emits -1)
@@ -177,17 +184,18 @@ class Graph:
         return self.add("lif", node, src, module=where)
 
     # --- chains ---------------------------------------------------------------------------------------------
-    def chain(self, modules, src: str, shape, where: str) -> tuple[str, tuple]:
+    def chain(self, modules: nn.Module, src: str, shape) -> tuple[str, tuple]:
         """A sequence of stateless layers and neurons: Conv2d(+BatchNorm), BatchNorm, AvgPool2d, Flatten, Linear,
         calibration's BiasShift, neurons; SeqToANN and Sequential wrappers are walked into, dropout and identities
         skipped."""
         from ..convert.converter import BiasShift
 
-        flat = list(_leaves(modules, where))
+        flat = list(_leaves(modules))
         i = 0
         while i < len(flat):
-            path, m = flat[i]
-            nxt = flat[i + 1][1] if i + 1 < len(flat) else None
+            m = flat[i]
+            path = self.where(m)
+            nxt = flat[i + 1] if i + 1 < len(flat) else None
             if isinstance(m, nn.Conv2d):
                 bn = nxt if isinstance(nxt, nn.BatchNorm2d) else None
                 src, shape = self.conv(m, bn, src, shape, path)
@@ -204,7 +212,7 @@ class Graph:
 
                 src, shape = self.affine(effective_weight(m), m.bias, src)
             elif isinstance(m, BaseNode):
-                src = self.neuron(m, src, shape, path)
+                src = self.neuron(m, src, shape)
             elif isinstance(m, BiasShift):
                 src = self.shift(m.shift, src, shape)
             elif not isinstance(m, SKIP):
@@ -229,44 +237,40 @@ def _cells_per_window(pool: nn.AvgPool2d, h: int, w: int) -> torch.Tensor:
                                     divisor_override=1)[0, 0]
 
 
-def _leaves(modules, where: str):
-    for name, m in (modules.named_children() if isinstance(modules, nn.Module) else enumerate(modules)):
-        path = f"{where}.{name}" if where else str(name)
+def _leaves(module: nn.Module):
+    for m in module.children():
         if isinstance(m, (nn.Sequential, SeqToANN)):
-            yield from _leaves(m, path)
+            yield from _leaves(m)
         else:
-            yield path, m
+            yield m
 
 
 # --- the model families ------------------------------------------------------------------------------------
 
 def _spiking_cnn(model, input_shape):
-    g = Graph()
-    src, shape = g.chain(model.features, "input", tuple(input_shape), "features")
-    src, shape = g.chain(model.classifier, src, shape, "classifier")
+    g = Graph(model)
+    src, shape = g.chain(model.features, "input", tuple(input_shape))
+    src, shape = g.chain(model.classifier, src, shape)
     return g.graph(input_shape, "input", src, shape, "SpikingCNN")
 
 
-def _snasnet_cell(g: Graph, cell, src: str, shape, where: str) -> str:
+def _snasnet_cell(g: Graph, cell, src: str, shape) -> str:
     """Node values are sum nodes; a spiking edge reads its source node's LIF; a backward edge j -> k (j > k)
     acts one step later through a Delay."""
     from ..snasnet.network import BoxFilter3
 
     z = [g.total(shape, src)] + [g.total(shape) for _ in range(3)]
     lifs: dict[int, str] = {}
-    for key, op in cell.edges.items():
-        i, j = int(key[0]), int(key[1])
+    for i, j, op, lif in cell.edge_list():
         source = z[i]
-        if cell.spiking[key]:
+        if lif is not None:
             if i not in lifs:
-                lifs[i] = g.neuron(cell.lifs[str(i)], z[i], shape, f"{where}.lifs.{i}")
+                lifs[i] = g.neuron(lif, z[i], shape)
             source = lifs[i]
         if isinstance(op, BoxFilter3):  # AvgPool2d(3, 1, 1) with the padding counted
-            out, _ = g.avgpool(nn.AvgPool2d(3, 1, 1), source, shape, f"{where}.edges.{key}")
-        elif isinstance(op, nn.Identity):
-            out = source
+            out, _ = g.avgpool(nn.AvgPool2d(3, 1, 1), source, shape, g.where(op))
         else:
-            out, _ = g.chain(op, source, shape, f"{where}.edges.{key}")
+            out, _ = g.chain(op, source, shape)
         if i > j:
             out = g.add("delay", g.nir.Delay(delay=np.full(shape, DT, np.float32)), out)
         g.edges.append((out, z[j]))
@@ -275,61 +279,48 @@ def _snasnet_cell(g: Graph, cell, src: str, shape, where: str) -> str:
 
 def _snasnet(model):
     m = model.macro
-    g = Graph()
+    g = Graph(model)
     shape = (m.in_channels, m.image_size, m.image_size)
-    src, s = g.chain(model.stem, "input", shape, "stem")
-    src = _snasnet_cell(g, model.cell1, src, s, "cell1")
-    src, s = g.chain(model.downconv, src, s, "downconv")
-    src = _snasnet_cell(g, model.cell2, src, s, "cell2")
-    src, s = g.chain(model.last_act, src, s, "last_act")
-    src, s = g.chain(list(model.classifier)[:-1], src, s, "classifier")
-    last = model.classifier[-1]
-    vote = torch.zeros(m.num_classes, m.out_neurons, dtype=torch.float64)
-    for c in range(m.num_classes):  # the vote (AvgPool1d over groups of outputs) folded into the last layer
-        vote[c, c * m.vote:(c + 1) * m.vote] = 1 / m.vote
-    src, s = g.affine(vote @ last.weight.detach().double(), vote @ last.bias.detach().double(), src)
+    src, s = g.chain(model.stem, "input", shape)
+    src = _snasnet_cell(g, model.cell1, src, s)
+    src, s = g.chain(model.downconv, src, s)
+    src = _snasnet_cell(g, model.cell2, src, s)
+    src, s = g.chain(model.last_act, src, s)
+    hidden, weight, bias = model.voted_readout()
+    src, s = g.chain(hidden, src, s)
+    src, s = g.affine(weight, bias, src)
     return g.graph(shape, "input", src, s, "SNASNet")
 
 
 def _dhs(model):
-    if model.genotype is None:
-        raise SpikeSearchError("a DHS search trellis is not a network: export the derived one (dhs train's model)")
-    g = Graph()
-    size = model.sizes[0] * model.cfg.stem_stride
-    shape = (model.in_channels, size, size)
-    src, s = g.chain(model.stem, "input", shape, "stem")
+    cells = model.derived_cells()  # first: a search trellis is refused before any work
+    g = Graph(model)
+    shape = model.input_shape
+    src, s = g.chain(model.stem, "input", shape)
     states = {(-2, 0): ([(src, s[0])], s[1]), (-1, 0): ([(src, s[0])], s[1])}
-    for key, cell, own, pp, p in model.derived_cells():
-        pre = [_dhs_pre(g, conv, bn, neuron, states[state], cell.size, f"cells.{key}.pre{n}")
-               for n, ((conv, bn, neuron), state) in enumerate(zip(cell.inputs(), (pp, p)))]
+    for cell, own, pp, p in cells:
+        pre = [_dhs_pre(g, conv, bn, neuron, states[state], cell.size)
+               for (conv, bn, neuron), state in zip(cell.inputs(), (pp, p))]
         c = cell.channels
         node_shape = (c, cell.size, cell.size)
         outs = list(pre)
         for i, node in enumerate(cell.nodes):
             if not isinstance(node, BaseNode):
-                raise SpikeSearchError(f"cells.{key}.nodes.{i}: {type(node).__name__} (an ANN node of HNS) has no NIR "
+                raise SpikeSearchError(f"{g.where(node)}: {type(node).__name__} (an ANN node of HNS) has no NIR "
                                        "counterpart: NIR describes spiking and linear dynamics, not ReLU")
             ins = []
-            for s_idx in cell.wiring[i]:
-                edge = cell.edges[f"{i}_{s_idx}"]
-                where = f"cells.{key}.edges.{i}_{s_idx}"
-                op, fire = edge.ops[0], edge.fire[0]
-                if edge.names[0] == "none":
-                    continue
-                if edge.names[0] == "skip":
-                    out = outs[s_idx]
-                else:
-                    out, _ = g.chain(op, outs[s_idx], node_shape, where)
+            for source, op, fire in cell.derived_edges(i):
+                out, _ = g.chain(op, outs[source], node_shape)
                 if isinstance(fire, BaseNode):
-                    out = g.neuron(fire, out, node_shape, f"{where}.fire.0")
+                    out = g.neuron(fire, out, node_shape)
                 ins.append(out)
-            outs.append(g.neuron(node, g.total(node_shape, *ins), node_shape, f"cells.{key}.nodes.{i}"))
+            outs.append(g.neuron(node, g.total(node_shape, *ins), node_shape))
         states[own] = ([(o, c) for o in outs[2:]], cell.size)
-    parts, size = states[(len(model.path) - 1, model.path[-1])]
-    head = model.heads[str(model.path[-1])]
+    parts, size = states[cells[-1][1]]
+    head = model.derived_head()
     logits, start = [], 0
     for n, (part, c) in enumerate(parts):  # global average pool + the head's weight slice, per concatenated node
-        pooled, _ = g.avgpool(nn.AvgPool2d(size), part, (c, size, size), "heads")
+        pooled, _ = g.avgpool(nn.AvgPool2d(size), part, (c, size, size), g.where(head))
         flat, _ = g.flatten(pooled, (c, 1, 1))
         w = head.weight.detach()[:, start:start + c]
         name, out_shape = g.affine(w, head.bias.detach() if n == 0 else torch.zeros(w.shape[0]), flat)
@@ -338,31 +329,31 @@ def _dhs(model):
     return g.graph(shape, "input", g.total(out_shape, *logits), out_shape, "DHSNet")
 
 
-def _dhs_pre(g: Graph, conv: nn.Conv2d, bn: nn.BatchNorm2d, neuron: BaseNode, state, size: int, where: str) -> str:
+def _dhs_pre(g: Graph, conv: nn.Conv2d, bn: nn.BatchNorm2d, neuron: BaseNode, state, size: int) -> str:
     """A cell's input: nearest resize (a strided subsampling where the sizes divide) of the concatenated node
     outputs, then its spiking 1x1 conv: one conv node per concatenated part with that part's weight slice."""
     parts, in_size = state
     if in_size % size:
-        raise SpikeSearchError(f"{where}: the nearest resize {in_size}->{size} picks rows unevenly, which a strided "
-                               "convolution cannot say (use image sizes the levels divide)")
+        raise SpikeSearchError(f"{g.where(conv)}: the nearest resize {in_size}->{size} picks rows unevenly, which a "
+                               "strided convolution cannot say (use image sizes the levels divide)")
     stride = in_size // size
     strided = nn.Conv2d(conv.in_channels, conv.out_channels, 1, stride=stride, bias=False)
     strided.weight = conv.weight
     convs, start = [], 0
     for n, (part, c) in enumerate(parts):
-        name, shape = g.conv(strided, bn, part, (c, in_size, in_size), f"{where}.0", slice(start, start + c), n == 0)
+        name, shape = g.conv(strided, bn, part, (c, in_size, in_size), g.where(conv), slice(start, start + c), n == 0)
         convs.append(name)
         start += c
-    return g.neuron(neuron, g.total(shape, *convs), shape, f"{where}.1")
+    return g.neuron(neuron, g.total(shape, *convs), shape)
 
 
 def _converted(model, input_shape):
     model.method.check_exportable()
-    g = Graph()
+    g = Graph(model)
     src, shape = "input", tuple(input_shape)
-    for k, stage in enumerate(model.stages):
-        src, shape = g.chain(stage, src, shape, f"stages.{k}")
-    src, shape = g.chain(model.output, src, shape, "output")
+    for stage in model.stages:
+        src, shape = g.chain(stage, src, shape)
+    src, shape = g.chain(model.output, src, shape)
     return g.graph(input_shape, "input", src, shape, "SpikingNet")
 
 

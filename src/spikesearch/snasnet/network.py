@@ -9,8 +9,10 @@ official hooks do.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -21,7 +23,11 @@ from ..core.errors import SpikeSearchError
 from ..core.models import repeat_input
 from ..core.neurons import LIF, BaseNode, Stateful, TimeSharedDropout
 from ..core.registry import Registry
-from .space import NUM_NODES, check_matrix, format_cnt_mat
+from ..runs import read_json_object
+from .space import NUM_NODES, check_matrix, format_cnt_mat, parse_cnt_mat
+
+if TYPE_CHECKING:
+    from ..data.datasets import DatasetInfo
 
 NeuronFactory = Callable[[], BaseNode]
 
@@ -70,6 +76,11 @@ class SNASCell(nn.Module, Stateful):
 
     def reset_state(self) -> None:
         self.feedback = [0.0] * (NUM_NODES - 1)
+
+    def edge_list(self) -> list[tuple[int, int, nn.Module, BaseNode | None]]:
+        """Each edge as (source node, destination node, op, the source's LIF if the op reads its spikes, else None);
+        an edge j -> k with j > k acts one step later. The export hook: no exporter parses the edge keys."""
+        return [(int(k[0]), int(k[1]), op, self.lifs[k[0]] if self.spiking[k] else None) for k, op in self.edges.items()]
 
     def forward(self, x: Tensor) -> Tensor:
         z: list[Tensor] = []
@@ -192,9 +203,29 @@ class SNASNet(nn.Module):
         self.vote = nn.AvgPool1d(m.vote, m.vote)
         init_weights(self)
 
+    @classmethod
+    def from_run(cls, cfg: Mapping[str, Any], folder: Path, info: DatasetInfo) -> "SNASNet":
+        """The network of a ``snasnet`` run: the cell its search picked (results.json) or it was given, in its
+        dataset's macro preset (which sizes it, not ``info``); export loads the run's weights into it."""
+        results = folder / "results.json"
+        cnt_mat = read_json_object(results)["cnt_mat"] if results.is_file() else cfg.get("cnt_mat")
+        if not cnt_mat:
+            raise SpikeSearchError(f"{folder}: the search has not picked a cell yet (no results.json)")
+        macro = macro_config(cfg["dataset"], second_avgpooling=cfg["second_avgpooling"])
+        return cls(parse_cnt_mat(cnt_mat), cfg["celltype"], macro, cfg["timestep"], cfg["tau"], cfg["threshold"],
+                   cfg["surrogate"])
+
     @property
     def cnt_mat(self) -> str:
         return format_cnt_mat(self.mat)
+
+    def voted_readout(self) -> tuple[nn.Sequential, Tensor, Tensor]:
+        """The classifier's layers before its output layer, and that layer's weight and bias (float64) with the vote
+        (each class's mean over its group of outputs) folded in. The export hook: a graph has no vote to write."""
+        m = self.macro
+        vote = torch.eye(m.num_classes, dtype=torch.float64).repeat_interleave(m.vote, 1) / m.vote
+        last = self.classifier[-1]
+        return self.classifier[:-1], vote @ last.weight.detach().double(), vote @ last.bias.detach().double()
 
     def step(self, h: Tensor) -> Tensor:
         h = self.cell1(h)
