@@ -1,5 +1,7 @@
 """The search layer (spikesearch.search) on SpikeNAS-Bench read as a table, and the benchmark reader's hard cases,
 on small clones written here in the benchmark's exact formats (CIFAR's 5-column logs, Tiny-ImageNet's 7)."""
+import dataclasses
+
 import numpy as np
 import optuna
 import pytest
@@ -9,7 +11,7 @@ from spikesearch.nasbench import bench
 from spikesearch.nasbench.bench import cell_of, parse_log, reaches_output
 from spikesearch.search import SearchConfig, search
 from spikesearch.search.pareto import hypervolume, pareto_mask
-from spikesearch.search.strategies import halving_cost, pool_of, random_plan, rungs
+from spikesearch.search.strategies import budget_eta, halving_cost, pool_of, random_plan, rungs
 from spikesearch.search.tabular import BenchSpace
 
 
@@ -103,20 +105,72 @@ def test_params_ties_are_broken_at_random_not_by_id(clone):
 
 def test_successive_halving_continues_training_and_counts_each_epoch_once(clone):
     space = BenchSpace(bench.read_bench(clone))
-    cfg = SearchConfig(strategy="sh", budget=700, prefilter=None, eta=3)
+    cfg = SearchConfig(strategy="sh", budget=400, prefilter=None, eta=3)  # < 423, the whole table's bracket
     study = optuna.create_study(direction="maximize")
     res = search(space, cfg, study)
     epochs = rungs(cfg, 100)
     assert epochs == [1, 3, 9, 27, 100]
-    n0 = max(n for n in range(1, 121) if halving_cost(n, epochs, 3) <= 700)
+    n0 = max(n for n in range(1, 121) if halving_cost(n, epochs, 3) <= 400)
+    assert n0 < 120
     # promotion continues training: the cost is n0*1 + n1*(3-1) + ..., not a restart at every rung
-    assert res.epochs_spent == halving_cost(n0, epochs, 3) <= 700
+    assert res.epochs_spent == halving_cost(n0, epochs, 3) <= 400
     states = [t.state for t in study.trials]
     assert len(states) == n0 and states.count(optuna.trial.TrialState.COMPLETE) == len(res.finals) >= 1
     assert states.count(optuna.trial.TrialState.PRUNED) == n0 - len(res.finals)
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert all(max(t.intermediate_values) < 100 for t in pruned)
     assert res.arch == max(res.finals, key=lambda f: f["acc"])["arch"]
+
+
+def test_budget_eta_is_the_smallest_rate_whose_bracket_fits():
+    epochs = [1, 3, 9, 27, 100]
+    assert halving_cost(39, epochs, 4) == 160  # Tiny-ImageNet's pool at eta 4
+    assert budget_eta(39, epochs, 4, 160) == budget_eta(39, epochs, 4, 100) == 4  # the budget binds: eta as set
+    assert budget_eta(39, epochs, 4, 3900) == budget_eta(39, epochs, 4, 10_000) == 1.0  # all 39 fully trained
+    for budget in (300, 500, 1000, 2000):
+        eta = budget_eta(39, epochs, 4, budget)
+        assert 1 < eta < 4 and halving_cost(39, epochs, eta) <= budget < halving_cost(39, epochs, eta - 1e-3)
+
+
+def _trained(study):
+    return [t.user_attrs["arch"]["arch_id"] for t in study.trials]
+
+
+def test_sh_keeps_its_pool_and_eta_when_the_budget_binds(clone):
+    space = BenchSpace(bench.read_bench(clone))
+    cfg = SearchConfig(budget=100, seed=4)  # the default: the 24 largest of 120 cells cost 133 epochs at eta 4
+    pool = pool_of(space, cfg, np.random.default_rng(4))
+    epochs = rungs(cfg, 100)
+    assert len(pool) == 24 and halving_cost(24, epochs, 4) == 133
+    study = optuna.create_study(direction="maximize")
+    res = search(space, cfg, study)
+    n0 = max(n for n in range(1, 25) if halving_cost(n, epochs, 4) <= 100)
+    assert len(study.trials) == n0 < 24 and set(_trained(study)) <= set(pool)
+    assert res.epochs_spent == halving_cost(n0, epochs, 4) and len(res.finals) == 1
+
+
+def test_sh_spends_a_budget_its_pool_cannot_use(clone):
+    """A pool used up before the budget: the whole pool starts and each rung keeps more (eta lowered until the
+    bracket fits); a budget beyond training the whole pool fully widens it along the score's order."""
+    space = BenchSpace(bench.read_bench(clone))
+    cfg = SearchConfig(budget=1000, seed=4)
+    pool = pool_of(space, cfg, np.random.default_rng(4))
+    epochs = rungs(cfg, 100)
+    study = optuna.create_study(direction="maximize")
+    res = search(space, cfg, study)
+    eta = budget_eta(24, epochs, 4, 1000)
+    assert sorted(_trained(study)) == sorted(pool)  # the pool is not widened: each of its cells starts
+    assert res.epochs_spent == halving_cost(24, epochs, eta) == 934  # not 133
+    assert len(res.finals) == 8 and res.arch in pool  # 24, 19, 15, 11, 8 cells at the rungs (eta just above 1.25)
+
+    study = optuna.create_study(direction="maximize")
+    res = search(space, dataclasses.replace(cfg, budget=3000), study)  # the 24 fully trained cost 2,400
+    wide = pool_of(space, cfg, np.random.default_rng(4), at_least=30)
+    assert set(pool) < set(wide) and len(wide) == 30
+    by_params = sorted(space.params[[space.row[a] for a in wide]])
+    assert by_params[0] >= max(space.params[[space.row[a] for a in space.ids if a not in wide]])  # the top 30
+    assert sorted(_trained(study)) == sorted(f["arch"] for f in res.finals) == sorted(wide)
+    assert res.epochs_spent == 3000
 
 
 @pytest.mark.parametrize("strategy", ["random", "evolution", "tpe", "sh", "hyperband"])

@@ -293,7 +293,9 @@ def add_arguments(p: argparse.ArgumentParser, add_common) -> None:
     p.add_argument("--warm_start", type=arg.nonneg_int, default=0,
                    help="enqueue the zero-cost score's N best cells first (tpe, nsga2, evolution)")
     p.add_argument("--scores", default=None, help="a 'nasbench proxies' run folder: its proxies.csv columns")
-    p.add_argument("--eta", type=arg.positive_int, default=4, help="successive halving keeps 1/eta per rung")
+    p.add_argument("--eta", type=arg.positive_int, default=4,
+                   help="successive halving keeps 1/eta per rung (sh keeps more when its pool is used up before the "
+                        "budget; docs/search.md)")
     p.add_argument("--rung_factor", type=arg.positive_int, default=3, help="epochs grow by this factor per rung")
     p.add_argument("--min_epochs", type=arg.positive_int, default=1)
     p.add_argument("--repeats", type=arg.nonneg_int, default=0,
