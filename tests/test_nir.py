@@ -193,6 +193,25 @@ def test_cli_export_of_a_train_run(tmp_path, capsys):
     assert np.all(lif.r == 1) and np.all(lif.v_leak == 0)
 
 
+def test_cli_export_of_a_snasnet_run_runs_as_the_trained_network(images, tmp_path):
+    """The exported graph is the run's trained network (its rebuild hook, its best.pt), read from the file alone."""
+    from spikesearch.train.checkpoint import load_checkpoint
+
+    runs = tmp_path / "runs"
+    assert main(["snasnet", "--exp_name", "s", "--runs_dir", str(runs), "--cnt_mat", "0302", "0030", "3003", "0000",
+                 "--epochs", "1", "--train_subset", "128", "--test_subset", "32", "--timestep", "3", "--quiet"]) == 0
+    out = tmp_path / "s.nir"
+    assert main(["export", str(runs / "s"), "-o", str(out)]) == 0
+    model = SNASNet(parse_cnt_mat("0302 0030 3003 0000"), "backward", timesteps=3)
+    model.load_state_dict(load_checkpoint(runs / "s/checkpoints/best.pt")["model"])
+    model.eval()
+    reset(model)
+    ours = model(images)
+    theirs = from_nir(out)(images, timesteps=3).mean(0)
+    torch.testing.assert_close(theirs, ours)
+    assert not torch.allclose(SNASNet(parse_cnt_mat("0302 0030 3003 0000"), "backward", timesteps=3).eval()(images), ours)
+
+
 def test_cli_export_of_convert_runs(tmp_path, capsys):
     """A 28-px Fashion-MNIST conversion exports (its ceil-mode pools once refused every such network) and the file
     runs spike-equal to the run's SNN; a signed run is refused for its -1 spikes; an ANN file changed after the
