@@ -311,6 +311,26 @@ def test_three_workers_one_killed_mid_trial_count_every_cell_once(clone, rdb_url
     assert (many.arch, many.epochs_spent) == (single.arch, single.epochs_spent) == (many.arch, 1200)
 
 
+def test_retry_enqueues_a_dead_cell_once_and_gives_up_after_max_retry(tmp_path):
+    from spikesearch.search.workers import MAX_RETRY, retry
+
+    study = optuna.create_study()
+    cell = {"edge_01": 1}
+    waiting = lambda: [t for t in study.get_trials() if t.state == optuna.trial.TrialState.WAITING]  # noqa: E731
+    study.enqueue_trial(cell)
+    for attempt in range(MAX_RETRY + 1):  # the first attempt and MAX_RETRY retries, each killed
+        trial = study.ask()  # pops the waiting attempt at the cell
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        dead = study.get_trials()[-1]
+        retry(study, dead)
+        retry(study, dead)  # a second worker failing the same stale trial: no second retry
+        assert len(waiting()) == (1 if attempt < MAX_RETRY else 0)
+    empty = study.ask()  # killed before it took a cell
+    study.tell(empty, state=optuna.trial.TrialState.FAIL)
+    retry(study, study.get_trials()[-1])
+    assert not waiting()
+
+
 def test_a_stale_trial_failed_twice_is_trained_once(clone, tmp_path):
     """Two workers failing one stale trial at the same moment (SQLite has no row lock) both enqueue its cell."""
     from spikesearch.search.workers import DUPLICATE_ATTR, collect, plan, rdb_storage, work

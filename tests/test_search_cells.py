@@ -19,13 +19,22 @@ from spikesearch.train.trainer import TrainConfig
 CELL = "0302 0030 3003 0000"
 
 
-def _space(tmp_path, name, celltype="backward", epochs=2, lr=3e-3):
+def _space(tmp_path, name, celltype="backward", epochs=2, lr=3e-3, wrap=lambda build: build):
     loaders = make_loaders("fmnist-small", None, 32, torch.device("cpu"), 0, train_subset=160, test_subset=100,
                            val_fraction=0.25)
     build = SNASNetBuilder(celltype, macro_config("fmnist-small"), 2, 4 / 3, 1.0, "atan:2", "cpu")
     train = TrainConfig(epochs=epochs, optimizer="adam", lr=lr, weight_decay=0.0, eval_interval=1, progress=False)
     run = Run(name, tmp_path, quiet=True)
-    return CellSpace(build, loaders, train, run, timesteps=2, celltype=celltype, num_candidates=8), run
+    return CellSpace(wrap(build), loaders, train, run, timesteps=2, celltype=celltype, num_candidates=8), run
+
+
+def poisoned(build):
+    """Cells whose output is NaN: their loss is, at the first batch."""
+    def make(mat):
+        net = build(mat)
+        net.register_forward_hook(lambda module, inputs, out: out * float("nan"))
+        return net
+    return make
 
 
 @pytest.mark.parametrize("celltype", ["forward", "backward"])
@@ -88,7 +97,7 @@ def _argv(runs, *extra):
             "--name", "s", "--quiet", "--threads", "1", *extra]
 
 
-def test_search_command_resumes_without_training_a_cell_again(tmp_path):
+def test_search_command_resumes_without_training_a_cell_again(tmp_path, capsys):
     runs = tmp_path / "runs"
     assert main(_argv(runs)) == 0
     first = json.loads((runs / "s/results.json").read_text())
@@ -101,7 +110,15 @@ def test_search_command_resumes_without_training_a_cell_again(tmp_path):
     assert {p: p.read_bytes() for p in (runs / "s/cells").glob("*/checkpoints/last.pt")} == ckpts  # nothing retrained
     assert (again["cnt_mat"], again["epochs_spent"], again["test_acc"]) == (first["cnt_mat"], first["epochs_spent"],
                                                                             first["test_acc"])
+    capsys.readouterr()
     assert main(_argv(runs, "--resume", "--override", "epochs", "--epochs", "3")) == 2  # its cells trained for 2
+    assert "epochs" in capsys.readouterr().err
+    # another budget: the strategy replays, what was trained is re-read, the rest is trained
+    assert main(_argv(runs, "--resume", "--override", "budget", "--budget", "8")) == 0
+    more = json.loads((runs / "s/results.json").read_text())
+    assert first["epochs_spent"] < more["epochs_spent"] <= 8
+    kept = {p: p.read_bytes() for p in ckpts if p.is_file()}
+    assert len(kept) == len(ckpts)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -109,10 +126,25 @@ def test_search_command_resumes_without_training_a_cell_again(tmp_path):
     (["--bench_dir", "x"], "does not read --bench_dir"),
     (["--prefilter", "nope"], "zero-cost score 'nope'"),
     (["--val_fraction", "0"], "validation split"),
+    (["--budget", "1"], "pays for no full training"),
+    (["--strategy", "tpe", "--objectives", "acc,energy"], "single-objective"),
 ])
 def test_search_command_refuses_what_the_cell_space_cannot_do(tmp_path, capsys, extra, message):
     assert main(_argv(tmp_path / "runs", *extra)) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before the run folder is written
+
+
+def test_a_diverging_cell_fails_alone_and_is_read_back_on_resume(tmp_path):
+    space, _ = _space(tmp_path, "nan", wrap=poisoned)
+    ev = space.evaluate(CELL, 2)
+    assert ev.extra["diverged"].startswith("loss became") and ev.signals["val_acc"] == 0.0 and ev.energy == float("inf")
+    folder = tmp_path / "nan/cells/0302-0030-3003-0000"
+    assert json.loads((folder / "diverged.json").read_text())["epoch"] >= 1
+    space.reset()
+    assert space.evaluate(CELL, 2).extra["diverged"] == ev.extra["diverged"]  # not trained again
+    res = search(space, SearchConfig(strategy="random", budget=2, prefilter=None, seed=0))
+    assert res.arch is None and res.finals == [] and res.epochs_spent == 2  # every poisoned cell diverges
 
 
 def test_bench_space_refuses_cell_flags(tmp_path, capsys):

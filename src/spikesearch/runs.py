@@ -512,9 +512,10 @@ class Part(Run):
     under other settings is refused."""
 
     def __init__(self, parent: Run, name: str, config: dict) -> None:
-        self.path = self._out = parent.file(name)
+        # as Run: ``path`` is the shared folder a resume reads, ``_out`` where this rank writes (torchrun)
+        self.path, self._out = parent.path / name, parent.file(name)
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self._out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise SpikeSearchError(f"cannot create {self.path}: {_why(e)}") from None
         self.main, self.quiet, self.resumed = parent.main, True, False

@@ -28,11 +28,14 @@ from . import args as arg
 # our cells train a few (the final epoch's validation accuracy)
 SPACE_DEFAULTS = {"spikenas-bench": {"dataset": "cifar10", "final_signal": "val_acc_last10"},
                   "snasnet": {"dataset": "fmnist-small", "final_signal": "val_acc", "celltype": "backward",
-                              "num_search": 100, "timestep": 5}}
+                              "num_search": 100, "timestep": 5, "val_fraction": 0.1}}
 SPACES = tuple(SPACE_DEFAULTS)
 # the flags that only one space reads: given for the other, they are refused rather than ignored
 BENCH_ONLY = ("bench_dir", "scores", "repeats")
-CELLS_ONLY = ("data_dir", "celltype", "num_search", "epochs", "train_subset", "test_subset", "timestep")
+CELLS_ONLY = ("data_dir", "celltype", "num_search", "epochs", "train_subset", "test_subset", "timestep", "val_fraction")
+# a resume may spend another budget: the strategy replays, cells already trained are re-read (their rungs do not
+# depend on the budget)
+OVERRIDES = ("budget",)
 # the snasnet command's defaults for what --space snasnet does not expose (recorded in results.json)
 CELL_MODEL = {"tau": 4 / 3, "threshold": 1.0, "surrogate": "atan:2", "batch_size": 64}
 
@@ -71,10 +74,11 @@ def _search_bench(a: argparse.Namespace, cfg: SearchConfig) -> dict:
         raise SpikeSearchError("--workers runs --strategy random with --objectives acc (a fixed plan); the other "
                                "strategies decide from each result and run in one process")
     scores = read_scores(a.scores) if a.scores else None
-    request = RunRequest.from_args(a, a.name, a.runs_dir, inputs=[a.scores])
+    request = RunRequest.from_args(a, a.name, a.runs_dir, inputs=[a.scores], overridable=OVERRIDES)
     request.check()
     table = read_bench(a.bench_dir, a.dataset)
     space = BenchSpace(table, scores)
+    _check_budget(cfg, space.max_epochs)
     if cfg.prefilter:
         space.zero_cost(cfg.prefilter, space.candidates(np.random.default_rng(0))[:1])  # an unknown name fails here
     run = request.open(quiet=a.quiet)
@@ -83,13 +87,10 @@ def _search_bench(a: argparse.Namespace, cfg: SearchConfig) -> dict:
     if a.workers > 1 or (a.storage and cfg.strategy == "random"):
         res = _with_workers(a, cfg, space, a.storage or f"sqlite:///{run.file('study.db')}")
     else:
-        storage = a.storage or _journal(run.file("study.journal"))
-        if a.resume:  # the table costs nothing to re-read: a resumed search starts its study again, same seed
-            for summary in optuna.get_all_study_summaries(storage):
-                optuna.delete_study(study_name=summary.study_name, storage=storage)
-        res = search(space, cfg, new_study(cfg, storage, name=a.name))
+        # the table costs nothing to re-read: a resumed search starts its study again, same seed
+        res = search(space, cfg, _study(cfg, a.storage or _journal(run.file("study.journal")), a.name, a.resume))
     if res.arch is None:
-        raise SpikeSearchError(f"--budget {cfg.budget} pays for no full training ({space.max_epochs} epochs)")
+        raise SpikeSearchError(f"{cfg.strategy} trained no cell fully within --budget {cfg.budget}")
     out = {"space": a.space, "dataset": a.dataset, "strategy": cfg.strategy, "config": dataclasses.asdict(cfg),
            **space.describe(res.arch), "epochs_spent": res.epochs_spent, "logged_seconds_spent": res.seconds_spent,
            "trials": res.trials, "full_trainings": len(res.finals),
@@ -128,11 +129,14 @@ def _search_cells(a: argparse.Namespace, cfg: SearchConfig) -> dict:
     recipe = SHORT_RECIPES.get(a.dataset, PAPER_RECIPE)
     a.epochs = a.epochs or recipe["epochs"]
     device = pick_device(a.device)
-    request = RunRequest.from_args(a, a.name, a.runs_dir)
+    _check_budget(cfg, a.epochs)
+    request = RunRequest.from_args(a, a.name, a.runs_dir, overridable=OVERRIDES)
     request.check()
     seed_everything(a.seed)
     loaders = make_loaders(a.dataset, a.data_dir, CELL_MODEL["batch_size"], device, a.seed, a.train_subset,
-                           a.test_subset, val_fraction=a.val_fraction)
+                           a.test_subset, frames=a.timestep, split_by=a.event_split, val_fraction=a.val_fraction)
+    if loaders.val is None:
+        raise SpikeSearchError("the search ranks cells on a validation split: give --val_fraction above 0")
     make_surrogate(CELL_MODEL["surrogate"])
     build = SNASNetBuilder(a.celltype, macro_config(a.dataset), a.timestep, CELL_MODEL["tau"], CELL_MODEL["threshold"],
                            CELL_MODEL["surrogate"], str(device))
@@ -141,20 +145,19 @@ def _search_cells(a: argparse.Namespace, cfg: SearchConfig) -> dict:
     score = ScoreConfig()
     batches = scoring_batches(loaders.train, score, a.seed) if cfg.prefilter not in (None, "params") else []
     run = request.open(quiet=a.quiet)
+    run.started()  # each cell checks its own checkpoints against this run's settings (runs.Part)
     space = CellSpace(build, loaders, train, run, a.timestep, a.celltype, a.num_search, score, batches, a.seed,
                       energy_at_rungs="energy" in cfg.objectives)
     run.log(f"{cfg.strategy} over {a.celltype} SNASNet cells on {a.dataset} ({len(loaders.train.data)} train / "
             f"{len(loaders.val.data)} validation images; full training {a.epochs} epochs), budget {cfg.budget} epochs"
             + (f", pre-filtered to the top {cfg.prefilter_frac:.0%} of {a.num_search} by {cfg.prefilter}" if cfg.prefilter else ""))
-    storage = a.storage or _journal(run.file("study.journal"))
-    if a.resume:  # the strategy replays with its seed; each cell resumes from its folder (nothing trained twice)
-        for summary in optuna.get_all_study_summaries(storage):
-            optuna.delete_study(study_name=summary.study_name, storage=storage)
+    # a resume replays the strategy with its seed; each cell resumes from its folder (nothing trained twice)
+    study = _study(cfg, a.storage or _journal(run.file("study.journal")), a.name, a.resume)
     t0 = time.perf_counter()
-    res = search(space, cfg, new_study(cfg, storage, name=a.name))
-    wall = time.perf_counter() - t0
+    res = search(space, cfg, study)
+    wall = time.perf_counter() - t0  # of this process: a resumed search's replay, not the first run's training
     if res.arch is None:
-        raise SpikeSearchError(f"--budget {cfg.budget} pays for no full training ({space.max_epochs} epochs)")
+        raise SpikeSearchError("no cell finished full training: every one diverged (cells/*/diverged.json)")
     test = space.truth(res.arch)
     out = {"space": a.space, "dataset": a.dataset, "celltype": a.celltype, "strategy": cfg.strategy,
            "config": dataclasses.asdict(cfg), "model": CELL_MODEL, "train": dataclasses.asdict(train), **space.describe(res.arch), "epochs_spent": res.epochs_spent,
@@ -169,6 +172,26 @@ def _search_cells(a: argparse.Namespace, cfg: SearchConfig) -> dict:
         out["front"] = _cells_front(run, space, res)
     run.save_json("results.json", out)
     return {"cnt_mat": res.arch, "epochs_spent": res.epochs_spent}
+
+
+def _check_budget(cfg: SearchConfig, full: int) -> None:
+    if cfg.budget < full:
+        raise SpikeSearchError(f"--budget {cfg.budget} pays for no full training ({full} epochs)")
+
+
+def _study(cfg: SearchConfig, storage, name: str, resume: bool) -> optuna.Study:
+    """This run's study. A resume starts it again (the strategy replays with its seed); only the study of this
+    name is deleted, never another in a shared ``--storage``, and a new run refuses a name the storage holds."""
+    if resume:
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except KeyError:
+            pass  # killed before its study was created
+    try:
+        return new_study(cfg, storage, name=name)
+    except optuna.exceptions.DuplicatedStudyError:
+        raise SpikeSearchError(f"the storage already holds a study named {name!r}: choose another --name, or "
+                               "--resume this run") from None
 
 
 def _with_workers(a: argparse.Namespace, cfg: SearchConfig, space: BenchSpace, url: str):
@@ -279,6 +302,7 @@ def add_arguments(p: argparse.ArgumentParser, add_common) -> None:
     c.add_argument("--train_subset", type=arg.positive_int, default=None, help="only the first N training images")
     c.add_argument("--test_subset", type=arg.positive_int, default=None)
     arg.add_validation(c)
+    c.set_defaults(val_fraction=None)  # 0.1 for snasnet (SPACE_DEFAULTS); the bench space has no images
     p.add_argument("--strategy", default="sh", choices=STRATEGIES.names(),
                    help="sh (successive halving; the default, docs/search.md), hyperband, random, evolution, tpe, nsga2")
     p.add_argument("--objectives", default="acc", help=f"acc or acc,energy (of {', '.join(OBJECTIVES)})")

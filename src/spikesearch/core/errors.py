@@ -3,3 +3,7 @@
 
 class SpikeSearchError(Exception):
     """A user-facing error: bad input, missing data, mismatched checkpoint. No traceback is shown."""
+
+
+class Diverged(SpikeSearchError):
+    """Training reached a non-finite loss: for one run the end, for a search one cell that failed."""

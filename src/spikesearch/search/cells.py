@@ -11,6 +11,7 @@ the validation images at the rung's epoch."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from typing import Any, Callable, Hashable
 
@@ -18,7 +19,7 @@ import numpy as np
 import optuna
 from torch import nn
 
-from ..core.errors import SpikeSearchError
+from ..core.errors import Diverged, SpikeSearchError
 from ..measure.spikes import SpikeCounter
 from ..proxies import ScoreConfig, score_model, seeded
 from ..runs import Part, Run, atomic_write_bytes, dump_json
@@ -48,6 +49,8 @@ class CellSpace(Space):
                  energy_at_rungs: bool = False) -> None:
         if loaders.val is None:
             raise SpikeSearchError("the search ranks cells on a validation split: give --val_fraction above 0")
+        if train.eval_interval != 1:
+            raise SpikeSearchError("the search reads a cell's validation accuracy at every rung: eval_interval must be 1")
         self.build, self.loaders, self.train, self.run = build, loaders, train, run
         self.timesteps, self.celltype, self.num_candidates = timesteps, celltype, num_candidates
         self.score, self.batches, self.seed, self.energy_at_rungs = score or ScoreConfig(), batches or [], seed, energy_at_rungs
@@ -116,8 +119,9 @@ class CellSpace(Space):
 
     # --- training --------------------------------------------------------------------------------------
     def _trainer(self, arch: str) -> Trainer:
-        part = Part(self.run, f"cells/{arch.replace(' ', '-')}", {"cnt_mat": arch, "celltype": self.celltype,
-                                                                 "seed": self.seed, "train": asdict(self.train)})
+        part = Part(self.run, f"cells/{arch.replace(' ', '-')}", {
+            "cnt_mat": arch, "celltype": self.celltype, "seed": self.seed, "train": asdict(self.train),
+            "model": repr(self.build), "images": {k: len(getattr(self.loaders, k).data) for k in ("train", "val")}})
         model = seeded(lambda: self.build(parse_cnt_mat(arch)), self.seed, arch)
         trainer = Trainer(model, self.loaders.train, None, self.train, part, val=self.loaders.val)
         if trainer.resume_path.is_file():
@@ -128,12 +132,21 @@ class CellSpace(Space):
 
     def evaluate(self, arch: Hashable, epochs: int) -> Evaluation:
         e = min(int(epochs), self.max_epochs)
-        trainer = self._trainer(arch)
-        if trainer.start_epoch < e:
-            trainer.fit(until=e)
-        hist = trainer.history[:e]
         before = self.reached.get(arch, 0)
         self.reached[arch] = max(before, e)
+        trainer = self._trainer(arch)
+        failed = trainer.run.file("diverged.json")
+        if not failed.is_file() and trainer.start_epoch < e:
+            try:
+                trainer.fit(until=e)
+            except Diverged as err:  # one cell's failure, not the search's: kept, so a resume reads it back
+                atomic_write_bytes(failed, dump_json({"epoch": len(trainer.history) + 1, "error": str(err)}))
+        if failed.is_file():
+            # ranked last at any rung (its energy too), never a final (Ledger.complete); charged as asked
+            return Evaluation(e, {"val_acc": 0.0, "val_acc_last10": 0.0, "tse": -math.inf}, max(0, e - before),
+                              float(sum(h["seconds"] for h in trainer.history[before:e])), math.inf,
+                              {"diverged": json.loads(failed.read_text())["error"]})
+        hist = trainer.history[:e]
         val = [100 * h["val_acc"] for h in hist]
         signals = {"val_acc": val[-1], "val_acc_last10": float(np.mean(val[-10:])),
                    "tse": -float(sum(h["train_loss"] for h in hist))}

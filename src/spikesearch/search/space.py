@@ -28,7 +28,7 @@ class Evaluation:
     signals: dict[str, float]
     cost_epochs: int
     cost_seconds: float
-    energy: float | None = None  # only a fully trained cell has a measured (or logged) energy
+    energy: float | None = None  # where the space measures it (our cells), or logs it (a fully trained bench cell)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -51,6 +51,9 @@ class SearchConfig:
             raise SpikeSearchError(f"the pre-filter keeps a fraction in (0, 1] of the cells; got {self.prefilter_frac}")
         if self.eta < 2 or self.rung_factor < 2 or self.min_epochs < 1 or self.budget < 1:
             raise SpikeSearchError("eta and rung_factor must be >= 2, min_epochs and the budget >= 1")
+        if "energy" in self.objectives and self.strategy == "tpe":
+            raise SpikeSearchError("--objectives acc,energy: use nsga2, random, evolution, sh or hyperband (TPE here is "
+                                   "single-objective)")
 
 
 @dataclass
@@ -97,6 +100,10 @@ class Ledger:
         return ev
 
     def complete(self, trial: optuna.Trial, arch: Hashable, ev: Evaluation) -> None:
+        if ev.extra.get("diverged"):  # trained to the end, or as far as it could: no result to pick
+            trial.set_user_attr("diverged", ev.extra["diverged"])
+            self.reject(trial)
+            return
         acc = ev.signals[self.cfg.final_signal]
         values = [acc] if len(self.cfg.objectives) == 1 else [acc, ev.energy]
         self.study.tell(trial, values)
@@ -370,9 +377,6 @@ def new_study(cfg: SearchConfig, storage: str | optuna.storages.BaseStorage | No
 def search(space: Space, cfg: SearchConfig, study: optuna.Study | None = None) -> SearchResult:
     """Run one search of ``space`` under ``cfg`` on ``study`` (a fresh in-memory study when None)."""
     cfg.check()
-    if "energy" in cfg.objectives and cfg.strategy == "tpe":
-        raise SpikeSearchError("--objectives acc,energy: use nsga2, random, evolution, sh or hyperband (TPE here is "
-                               "single-objective)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space.reset()
     ledger = Ledger(study or new_study(cfg), space, cfg)

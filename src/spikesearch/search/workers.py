@@ -37,8 +37,11 @@ def retry(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
     """Enqueue a stale trial's cell again, unless an attempt at it is alive or done, or it died ``MAX_RETRY``
     times already."""
     cell = _cell(failed)
+    if not cell:  # killed between ask and its first word: no cell was taken
+        return
     same = [t for t in study.get_trials(deepcopy=False) if t.number != failed.number and _cell(t) == cell]
-    if any(t.state in LIVE for t in same) or len(same) >= MAX_RETRY:
+    died = [t for t in same if t.state == TrialState.FAIL and DUPLICATE_ATTR not in t.user_attrs]
+    if any(t.state in LIVE for t in same) or len(died) >= MAX_RETRY:
         return
     study.enqueue_trial(cell, skip_if_exists=False)
 

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..core import distributed
-from ..core.errors import SpikeSearchError
+from ..core.errors import Diverged, SpikeSearchError
 from ..core.neurons import reset
 from ..core.registry import Registry
 from ..data.loader import BatchLoader
@@ -219,7 +219,7 @@ class Trainer:
             if not math.isfinite(loss_value):
                 last = self.resume_path
                 kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
-                raise SpikeSearchError(f"loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}; stopped: "
+                raise Diverged(f"loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}; stopped: "
                                        f"{kept} (try a lower learning rate)")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
