@@ -10,9 +10,9 @@ the search has chosen. Energy is measured, not estimated: the synaptic operation
 the validation images at the rung's epoch."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from dataclasses import asdict
 from typing import Any, Callable, Hashable
 
 import numpy as np
@@ -111,7 +111,7 @@ class CellSpace(Space):
                 else:
                     if not self.batches:
                         raise SpikeSearchError(f"zero-cost score {name!r} needs scoring batches")
-                    value = score_model(model, self.batches, ScoreConfig(**{**asdict(self.score), "score": name,
+                    value = score_model(model, self.batches, ScoreConfig(**{**dataclasses.asdict(self.score), "score": name,
                                         "alpha": None, "normalise": None, "aggregate": None}))
                 self._zero_cost[(name, arch)] = value
             out.append(self._zero_cost[(name, arch)])
@@ -120,8 +120,8 @@ class CellSpace(Space):
     # --- training --------------------------------------------------------------------------------------
     def _trainer(self, arch: str) -> Trainer:
         part = Part(self.run, f"cells/{arch.replace(' ', '-')}", {
-            "cnt_mat": arch, "celltype": self.celltype, "seed": self.seed, "train": asdict(self.train),
-            "model": repr(self.build), "images": {k: len(getattr(self.loaders, k).data) for k in ("train", "val")}})
+            "cnt_mat": arch, "celltype": self.celltype, "seed": self.seed, "train": dataclasses.asdict(self.train),
+            "model": self._model_record(), "images": {k: len(getattr(self.loaders, k).data) for k in ("train", "val")}})
         model = seeded(lambda: self.build(parse_cnt_mat(arch)), self.seed, arch)
         trainer = Trainer(model, self.loaders.train, None, self.train, part, val=self.loaders.val)
         if trainer.resume_path.is_file():
@@ -129,6 +129,12 @@ class CellSpace(Space):
         else:
             self.loaders.train.load_state_dict(self._first_order)
         return trainer
+
+    def _model_record(self) -> dict | str:
+        """What builds the cells, as a cell folder records it: not the device (a resume may move to another)."""
+        if dataclasses.is_dataclass(self.build):
+            return {k: v for k, v in dataclasses.asdict(self.build).items() if k != "device"}
+        return repr(self.build)
 
     def evaluate(self, arch: Hashable, epochs: int) -> Evaluation:
         e = min(int(epochs), self.max_epochs)
