@@ -140,8 +140,9 @@ def _search_cells(a: argparse.Namespace, cfg: SearchConfig) -> dict:
     make_surrogate(CELL_MODEL["surrogate"])
     build = SNASNetBuilder(a.celltype, macro_config(a.dataset), a.timestep, CELL_MODEL["tau"], CELL_MODEL["threshold"],
                            CELL_MODEL["surrogate"], str(device))
-    train = TrainConfig(epochs=a.epochs, batch_size=CELL_MODEL["batch_size"], optimizer=recipe["optimizer"], lr=recipe["learning_rate"],
-                        weight_decay=recipe["weight_decay"], seed=a.seed, eval_interval=1, progress=False)
+    train = TrainConfig(epochs=a.epochs, batch_size=CELL_MODEL["batch_size"], optimizer=recipe["optimizer"],
+                        lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"], seed=a.seed, eval_interval=1,
+                        progress=False)
     score = ScoreConfig()
     batches = scoring_batches(loaders.train, score, a.seed) if cfg.prefilter not in (None, "params") else []
     run = request.open(quiet=a.quiet)
@@ -150,7 +151,8 @@ def _search_cells(a: argparse.Namespace, cfg: SearchConfig) -> dict:
                       energy_at_rungs="energy" in cfg.objectives)
     run.log(f"{cfg.strategy} over {a.celltype} SNASNet cells on {a.dataset} ({len(loaders.train.data)} train / "
             f"{len(loaders.val.data)} validation images; full training {a.epochs} epochs), budget {cfg.budget} epochs"
-            + (f", pre-filtered to the top {cfg.prefilter_frac:.0%} of {a.num_search} by {cfg.prefilter}" if cfg.prefilter else ""))
+            + (f", pre-filtered to the top {cfg.prefilter_frac:.0%} of {a.num_search} by {cfg.prefilter}"
+               if cfg.prefilter else ""))
     # a resume replays the strategy with its seed; each cell resumes from its folder (nothing trained twice)
     study = _study(cfg, a.storage or _journal(run.file("study.journal")), a.name, a.resume)
     t0 = time.perf_counter()
@@ -160,7 +162,8 @@ def _search_cells(a: argparse.Namespace, cfg: SearchConfig) -> dict:
         raise SpikeSearchError("no cell finished full training: every one diverged (cells/*/diverged.json)")
     test = space.truth(res.arch)
     out = {"space": a.space, "dataset": a.dataset, "celltype": a.celltype, "strategy": cfg.strategy,
-           "config": dataclasses.asdict(cfg), "model": CELL_MODEL, "train": dataclasses.asdict(train), **space.describe(res.arch), "epochs_spent": res.epochs_spent,
+           "config": dataclasses.asdict(cfg), "model": CELL_MODEL, "train": dataclasses.asdict(train),
+           **space.describe(res.arch), "epochs_spent": res.epochs_spent,
            "training_seconds_spent": res.seconds_spent, "wall_seconds": wall, "trials": res.trials,
            "full_trainings": len(res.finals),
            "chosen_by": f"{cfg.final_signal} after {space.max_epochs} epochs (validation split; never the test set)",
