@@ -525,7 +525,8 @@ class Part(Run):
 
     def check_record(self, record: Any, source: Path) -> None:
         if record is not None and record != self.config:
-            diff = ", ".join(f"{k} {record.get(k)!r} -> {self.config.get(k)!r}" for k in sorted(self.config.keys() | record.keys())
+            keys = sorted(self.config.keys() | record.keys())
+            diff = ", ".join(f"{k} {record.get(k)!r} -> {self.config.get(k)!r}" for k in keys
                              if record.get(k) != self.config.get(k))[:300]
             raise SpikeSearchError(f"{source} was trained under other settings ({diff}): resume with the settings it "
                                    "ran with, or start a new run")
