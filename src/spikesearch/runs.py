@@ -192,6 +192,13 @@ def config_diff(stored: dict, new: dict) -> dict[str, tuple[Any, Any]]:
             if k not in stored or k not in new or stored[k] != new[k]}
 
 
+def _changes(ran: dict, now: dict) -> str:
+    """Every setting that differs between what a checkpoint records as run and what is asked now, for one line."""
+    missing = "<not recorded>"
+    return ", ".join(f"{k} {ran.get(k, missing)!r} -> {now.get(k, missing)!r}"
+                     for k in sorted(ran.keys() | now.keys()) if ran.get(k) != now.get(k))[:300]
+
+
 def _holder(path: Path) -> str | None:
     """Who holds a run folder's lock now (None: nobody), asked of the kernel, not read from the file."""
     try:
@@ -432,11 +439,9 @@ class Run:
             return
         if record == _without_last_change(self.stored):
             return
-        diff = {k: (record.get(k, "<not recorded>"), self.stored.get(k, "<not recorded>"))
-                for k in sorted(self.stored.keys() | record.keys()) if record.get(k) != self.stored.get(k)}
-        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in diff.items())[:300]
-        raise SpikeSearchError(f"{self.path / 'config.json'} is not what {source} records as run ({listed}): it was "
-                               "edited after the run wrote it; restore it, or start a new run")
+        raise SpikeSearchError(f"{self.path / 'config.json'} is not what {source} records as run "
+                               f"({_changes(record, self.stored)}): it was edited after the run wrote it; restore it, "
+                               "or start a new run")
 
     def file(self, name: str) -> Path:
         return self._out / name
@@ -525,11 +530,8 @@ class Part(Run):
 
     def check_record(self, record: Any, source: Path) -> None:
         if record is not None and record != self.config:
-            keys = sorted(self.config.keys() | record.keys())
-            diff = ", ".join(f"{k} {record.get(k)!r} -> {self.config.get(k)!r}" for k in keys
-                             if record.get(k) != self.config.get(k))[:300]
-            raise SpikeSearchError(f"{source} was trained under other settings ({diff}): resume with the settings it "
-                                   "ran with, or start a new run")
+            raise SpikeSearchError(f"{source} was trained under other settings ({_changes(record, self.config)}): "
+                                   "resume with the settings it ran with, or start a new run")
 
 
 @dataclasses.dataclass(frozen=True)

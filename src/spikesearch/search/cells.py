@@ -99,13 +99,17 @@ class CellSpace(Space):
                 break
         return list(seen)
 
+    def _fresh(self, arch: str) -> nn.Module:
+        """The cell at initialisation, weights seeded from (seed, cell): the same in any process and order."""
+        return seeded(lambda: self.build(parse_cnt_mat(arch)), self.seed, arch)
+
     def zero_cost(self, name: str, archs: list[Hashable]) -> np.ndarray:
         """``params`` (the trainable parameters) or a per-model score of ``proxies.SCORES`` on the fixed scoring
         batches, weights seeded from (seed, cell) as ``spikesearch snasnet`` scores them."""
         out = []
         for arch in archs:
             if (name, arch) not in self._zero_cost:
-                model = seeded(lambda: self.build(parse_cnt_mat(arch)), self.seed, arch)
+                model = self._fresh(arch)
                 if name == "params":
                     value = float(sum(p.numel() for p in model.parameters()))
                 else:
@@ -122,7 +126,7 @@ class CellSpace(Space):
         part = Part(self.run, f"cells/{arch.replace(' ', '-')}", {
             "cnt_mat": arch, "celltype": self.celltype, "seed": self.seed, "train": dataclasses.asdict(self.train),
             "model": self._model_record(), "images": {k: len(getattr(self.loaders, k).data) for k in ("train", "val")}})
-        model = seeded(lambda: self.build(parse_cnt_mat(arch)), self.seed, arch)
+        model = self._fresh(arch)
         trainer = Trainer(model, self.loaders.train, None, self.train, part, val=self.loaders.val)
         if trainer.resume_path.is_file():
             trainer.resume()  # its weights, optimiser, schedule, RNG and batch order at the rung it reached
