@@ -23,6 +23,7 @@ from ..search.strategies import OBJECTIVES, new_study
 from ..search.cells import CellSpace
 from ..search.tabular import BenchSpace
 from . import args as arg
+from .snasnet import MODEL_DEFAULTS
 
 # what a flag left out means in each space: the bench trains 100 epochs (its last-10 mean is the steadier pick);
 # our cells train a few (the final epoch's validation accuracy)
@@ -36,8 +37,8 @@ CELLS_ONLY = ("data_dir", "celltype", "num_search", "epochs", "train_subset", "t
 # a resume may spend another budget: the strategy replays, cells already trained are re-read (their rungs do not
 # depend on the budget)
 OVERRIDES = ("budget",)
-# the snasnet command's defaults for what --space snasnet does not expose (recorded in results.json)
-CELL_MODEL = {"tau": 4 / 3, "threshold": 1.0, "surrogate": "atan:2", "batch_size": 64}
+# what --space snasnet does not expose: the snasnet command's defaults (recorded in results.json)
+CELL_MODEL = MODEL_DEFAULTS
 
 
 def fill_space_defaults(a: argparse.Namespace) -> None:

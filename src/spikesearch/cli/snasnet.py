@@ -34,6 +34,9 @@ SHORT_RECIPES = {
     "fashion-mnist": {"optimizer": "adam", "learning_rate": 2e-3, "weight_decay": 0.0, "epochs": 20},
 }
 
+# the official flags' defaults for the network and its batches (``search --space snasnet`` trains with them too)
+MODEL_DEFAULTS = {"tau": 4 / 3, "threshold": 1.0, "surrogate": "atan:2", "batch_size": 64}
+
 # the search scores each candidate on unlabelled batches: every per-model score that needs no labels
 SEARCH_SCORES = per_model_scores(labels=False)
 
@@ -174,10 +177,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default="fmnist-small", help="fmnist-small (bundled), fashion-mnist, cifar10, cifar100, tinyimagenet")
     g.add_argument("--seed", type=arg.seed, default=1234)
     g.add_argument("--timestep", type=arg.positive_int, default=5)
-    g.add_argument("--batch_size", type=arg.positive_int, default=64)
+    g.add_argument("--batch_size", type=arg.positive_int, default=MODEL_DEFAULTS["batch_size"])
     g.add_argument("--epochs", type=arg.positive_int, default=None, help="default: 300 (paper); 4 on fmnist-small")
-    g.add_argument("--tau", type=arg.tau, default=4 / 3)
-    g.add_argument("--threshold", type=arg.positive_float, default=1.0)
+    g.add_argument("--tau", type=arg.tau, default=MODEL_DEFAULTS["tau"])
+    g.add_argument("--threshold", type=arg.positive_float, default=MODEL_DEFAULTS["threshold"])
     g.add_argument("--celltype", default="backward", choices=["forward", "backward"])
     g.add_argument("--second_avgpooling", type=arg.positive_int, default=2, help="pooling size after cell 2")
     g.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help="default: sgd (paper); adam on fmnist-small")
@@ -221,7 +224,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="connect to this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local one")
     s.add_argument("--search_only", action="store_true")
     o = p.add_argument_group("run options")
-    o.add_argument("--surrogate", default="atan:2", help="name[:alpha], e.g. atan:2, sigmoid:4, triangle:1")
+    o.add_argument("--surrogate", default=MODEL_DEFAULTS["surrogate"], help="name[:alpha], e.g. atan:2, sigmoid:4, triangle:1")
     o.add_argument("--train_subset", type=arg.positive_int, default=None, help="use only the first N training images")
     o.add_argument("--test_subset", type=arg.positive_int, default=None)
     arg.add_validation(o)
