@@ -190,6 +190,43 @@ def test_pareto_front_and_hypervolume():
     assert hypervolume(acc, energy, 95, 12) == 0.0
 
 
+def test_energy_proxy_counts_only_edges_the_input_feeds():
+    from spikesearch.search.tabular import inv_threshold
+
+    mat = np.zeros((4, 4), dtype=np.int64)
+    mat[0, 3] = 1  # skip to the output
+    mat[1, 2] = 2  # LIF at threshold 0.5 out of node 1, which nothing feeds: it never fires
+    mat[2, 3] = 4
+    assert inv_threshold(bench.id_of(mat)) == 0.0
+    mat[0, 1] = 3  # now node 1 is fed (threshold 1.0), and through it node 2
+    assert inv_threshold(bench.id_of(mat)) == pytest.approx(1 / 1.0 + 1 / 0.5 + 1 / 1.5)
+
+
+def test_hypervolume_reference_is_the_true_fronts_nadir(clone):
+    from spikesearch.search.simulate import hv_reference
+
+    for kind in ("sops", "rates"):
+        space = BenchSpace(bench.read_bench(clone), energy=kind)
+        energy = np.array([space.energy(int(i)) for i in space.ids])
+        on = pareto_mask(space.test, energy)
+        (acc, e), total = hv_reference(space)
+        assert (acc, e) == (space.test[on].min(), energy[on].max()) and total > 0
+        assert hypervolume(space.test[on], energy[on], acc, e) == pytest.approx(total)
+        (acc, e), _ = hv_reference(space, "median")
+        assert (acc, e) == (np.median(space.test), energy.max())
+    assert energy.max() < 16  # the plain sum of 15 rates (the clone writes 16; the 16th is not a layer)
+    with pytest.raises(SpikeSearchError, match="energy estimate"):
+        BenchSpace(bench.read_bench(clone), energy="joules")
+
+
+def test_defaults_follow_the_objectives():
+    assert (SearchConfig().prefilter, SearchConfig().eta) == ("params", 4)
+    mo = SearchConfig(objectives=("acc", "energy"))
+    assert (mo.prefilter, mo.eta) == (None, 2)
+    assert dataclasses.replace(mo, seed=3).prefilter is None  # resolved once, kept
+    assert SearchConfig(objectives=("acc", "energy"), prefilter="params", eta=4).eta == 4  # given: kept
+
+
 def test_search_command_writes_the_run_folder(clone, tmp_path):
     import json
 
@@ -212,6 +249,8 @@ def test_search_command_writes_the_run_folder(clone, tmp_path):
 
     assert main([*argv, "--name", "e", "--objectives", "acc,energy", "--strategy", "random", "--budget", "800"]) == 0
     front = json.loads((runs / "e/results.json").read_text())["front"]
+    recorded = json.loads((runs / "e/config.json").read_text())
+    assert (recorded["prefilter"], recorded["eta"]) == ("none", 2)  # what "auto" meant, recorded
     assert front["cells"] and 0 < front["hypervolume_share"] <= 1 and (runs / "e/front.png").is_file()
     energies = [c["energy"] for c in front["cells"]]
     assert energies == sorted(energies)
@@ -238,20 +277,24 @@ def test_nasbench_search_refuses_a_torn_proxies_csv(clone, tmp_path, capsys):
 
 
 class SlowSpace(BenchSpace):
-    """Training takes a while, so that a worker can be killed in the middle of a trial."""
+    """Training takes ``delay`` seconds, so that a worker can be killed in the middle of a trial."""
+
+    def __init__(self, table, delay: float):
+        super().__init__(table)
+        self.delay = delay
 
     def evaluate(self, arch, epochs):
         import time
 
-        time.sleep(0.4)
+        time.sleep(self.delay)
         return super().evaluate(arch, epochs)
 
 
-def _worker(clone, url, name, cfg):
+def _worker(clone, url, name, cfg, delay=0.4):
     from spikesearch.search.workers import rdb_storage, work
 
     storage = rdb_storage(url, heartbeat=1, grace=5)
-    work(optuna.load_study(study_name=name, storage=storage), SlowSpace(bench.read_bench(clone)), cfg, poll=0.2)
+    work(optuna.load_study(study_name=name, storage=storage), SlowSpace(bench.read_bench(clone), delay), cfg, poll=0.2)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -279,16 +322,21 @@ def test_three_workers_one_killed_mid_trial_count_every_cell_once(clone, rdb_url
     plan(cfg, space, rdb_storage(url), "w")  # a second process joining enqueues nothing more
     assert len(study.trials) == 12
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(clone, url, "w", cfg)) for _ in range(3)]
+    # the victim's first trial outlasts the test, so the kill lands mid-trial however loaded the machine; it starts
+    # alone, since SQLite can hand one waiting trial to two workers popping at once (workers.py): another worker
+    # could then complete the victim's trial and leave nothing to retry
+    procs = [ctx.Process(target=_worker, args=(clone, url, "w", cfg) + ((600.0,) if k == 0 else ())) for k in range(3)]
     try:
-        for p in procs:
-            p.start()
+        procs[0].start()
         victim = procs[0].pid
         deadline = time.time() + 60
         while not any(t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("pid") == victim
                       for t in study.get_trials()):
             assert time.time() < deadline, "the first worker never started a trial"
             time.sleep(0.05)
+        for p in procs[1:]:
+            p.start()
+        time.sleep(1.0)  # the others are training when it dies
         os.kill(victim, signal.SIGKILL)
         for p in procs:
             p.join(120)
@@ -301,10 +349,13 @@ def test_three_workers_one_killed_mid_trial_count_every_cell_once(clone, rdb_url
 
     trials = study.get_trials()
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    killed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and t.params]
-    assert len(killed) == 1 and killed[0].user_attrs["pid"] == victim  # the lost attempt, not counted
+    killed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("pid") == victim]
+    assert len(killed) == 1  # the lost attempt, not counted
     cells = [space.decode(t.params) for t in done]
-    assert sorted(cells) == sorted(random_plan(space, cfg))  # each planned cell completed exactly once
+    if url.startswith("postgresql"):  # row locks: each planned cell completed exactly once
+        assert sorted(cells) == sorted(random_plan(space, cfg))
+    else:  # SQLite: a late tell can race the stale-trial check and a cell complete twice (workers.py); each once
+        assert sorted(set(cells)) == sorted(random_plan(space, cfg))  # ... counted by collect, below
     assert space.decode(killed[0].params) in cells  # ... the killed one by its retry
     many = collect(study, space)
     single = search(space, cfg)

@@ -56,6 +56,14 @@ def energy_estimate(rec: "Record", dataset: str) -> float:
     return TIMESTEPS * sum(max(r, 0.0) * n * f for r, (n, f) in zip(rec.firing, layer_synapses(dataset))) / 1e6
 
 
+def rate_sum(rec: "Record", dataset: str) -> float:
+    """The sum of the logged firing rates (an absent layer's -1 counts 0): the cruder energy estimate that issue 24's
+    hypervolume figures used, kept to compare with them."""
+    if rec.firing is None:
+        raise SpikeSearchError(f"SpikeNAS-Bench {dataset} id {rec.arch_id}: its log has no firing rates")
+    return float(sum(max(r, 0.0) for r in rec.firing))
+
+
 def cell_of(arch_id: int) -> np.ndarray:
     """The 4x4 op matrix of an id (row = source, column = destination)."""
     if not 0 <= arch_id < NUM_ARCHS:
@@ -71,12 +79,17 @@ def id_of(mat: np.ndarray) -> int:
     return int(sum(int(mat[i, j]) * 5 ** k for k, (i, j) in enumerate(EDGES)))
 
 
-def reaches_output(mat: np.ndarray) -> bool:
-    """Whether any path of non-zero edges leads from node 0 to node 3 (the others train at chance)."""
+def fed_nodes(mat: np.ndarray) -> set[int]:
+    """The nodes a path of non-zero edges leads to from node 0 (the cell's input), node 0 included."""
     reach = {0}
     for _ in range(3):
         reach |= {j for i, j in EDGES if i in reach and mat[i, j]}
-    return 3 in reach
+    return reach
+
+
+def reaches_output(mat: np.ndarray) -> bool:
+    """Whether any path of non-zero edges leads from node 0 to node 3 (the others train at chance)."""
+    return 3 in fed_nodes(mat)
 
 
 @dataclass

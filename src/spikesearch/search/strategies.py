@@ -19,6 +19,11 @@ from .space import SIGNALS, Evaluation, Space
 
 OBJECTIVES = ("acc", "energy")
 ARCH_ATTR = "arch"
+AUTO = "auto"
+# what the pre-filter and eta default to, by objectives (chosen on CIFAR-10 logs, docs/search.md): accuracy alone
+# searches the largest cells; accuracy against energy needs the small ones too (the frugal end of the front is
+# made of them), and halves at each rung so that more cells reach full training, where the front is read
+OBJECTIVE_DEFAULTS = {("acc",): {"prefilter": "params", "eta": 4}, ("acc", "energy"): {"prefilter": None, "eta": 2}}
 
 
 @dataclass
@@ -28,16 +33,24 @@ class SearchConfig:
     objectives: tuple[str, ...] = ("acc",)
     signal: str = "tse"  # what ranks the cells at a rung
     final_signal: str = "val_acc_last10"  # what picks among fully trained cells
-    prefilter: str | None = "params"  # zero-cost score: search only its top ``prefilter_frac`` of the candidates
+    prefilter: str | None = AUTO  # zero-cost score: search only its top ``prefilter_frac`` (AUTO: by objectives)
     prefilter_frac: float = 0.2
     warm_start: int = 0  # enqueue the zero-cost score's best cells first (TPE, NSGA-II, evolution)
-    eta: int = 4  # successive halving keeps 1/eta of the cells at each rung
+    eta: int | None = None  # successive halving keeps 1/eta of the cells at each rung (None: by objectives)
     rung_factor: int = 3  # ... and trains them rung_factor times longer
     min_epochs: int = 1
     energy_proxy: str = "inv_threshold"  # ranks energy at a rung where the space measures none (acc,energy)
     population: int = 20  # regularised evolution
     tournament: int = 5
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.objectives = tuple(self.objectives)
+        defaults = OBJECTIVE_DEFAULTS.get(self.objectives, OBJECTIVE_DEFAULTS[("acc",)])  # check() refuses others
+        if self.prefilter == AUTO:
+            self.prefilter = defaults["prefilter"]
+        if self.eta is None:
+            self.eta = defaults["eta"]
 
     def check(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -3,13 +3,17 @@ through the same storage URL (Optuna's RDB storage: SQLite on one machine, Postg
 
 The plan is fixed before any worker starts: the first process enqueues random search's cells as WAITING trials
 (``random_plan``), so which cells are trained does not depend on how many workers share them, and the result
-equals a single worker's. A worker pops a WAITING trial (atomically, in the storage), trains the cell and tells
-the value; its heartbeat marks the trial alive. A worker killed mid-trial stops beating: after the grace period
-any worker fails the stale trial and ``retry`` enqueues the same cell again; the lost attempt stays FAIL.
+equals a single worker's. A worker pops a WAITING trial (atomically where the storage locks rows: PostgreSQL),
+trains the cell and tells the value; its heartbeat marks the trial alive. A worker killed mid-trial stops beating:
+after the grace period any worker fails the stale trial and ``retry`` enqueues the same cell again; the lost
+attempt stays FAIL.
 
-SQLite has no row lock: two workers can both fail the same stale trial and both enqueue a retry. So a cell is
-trained by its lowest-numbered live attempt only (a later one that finds an earlier attempt waiting, running or
-complete stands down as FAIL), and ``collect`` counts each cell's first completion once, whatever the race."""
+SQLite has no row lock: two workers can both fail the same stale trial and both enqueue a retry, two workers
+popping at once can both be handed the same waiting trial, and a worker whose heartbeat came late can complete
+its trial just as another fails it as stale (both see it running), so that its retry trains the cell again. So a
+cell is trained by its lowest-numbered live attempt only (a later one that finds an earlier attempt waiting,
+running or complete stands down as FAIL), a trial told twice keeps its first value (the second tell is refused),
+and ``collect`` counts each cell's first completion once, whatever the race."""
 from __future__ import annotations
 
 import os
@@ -107,7 +111,8 @@ def work(study: optuna.Study, space: Space, cfg: SearchConfig, poll: float = 0.5
                 trial.set_user_attr("epochs", ev.epochs)
                 study.tell(trial, ev.signals[cfg.final_signal])
             except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # judged dead (a heartbeat late past the grace period) and retried: the retry counts
+                continue  # judged dead (a heartbeat late past the grace period) and retried: the retry counts; or
+                # handed to two workers at once (SQLite): the first tell counts
         done += 1
 
 
