@@ -127,6 +127,29 @@ def test_ann_equivalent_counts_a_once_run_stem_once():
     assert r["energy_uj_per_image"] == pytest.approx((E_MAC_PJ * stem + E_AC_PJ * r["sops_per_image"]) * 1e-6)
 
 
+def test_ann_equivalent_counts_a_layer_used_twice_per_step_twice():
+    """A weight-shared layer applied at two places in each step is two layers of the ANN's pass; warm-up steps
+    beyond the counted ones (SRP's pre-simulation) add no pass."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.neuron = nn.Linear(6, 6), IF(v_threshold=0.5)
+
+        def forward(self, x):
+            return self.lin(self.neuron(self.lin(x)))
+
+    net = Shared()
+    per_use = 6 * 6
+    for steps, counted in ((4, 4), (6, 4)):  # 6 steps of which 4 count: 2 warm-up steps
+        net.neuron.reset_state()
+        with SpikeCounter(net) as sc:
+            for _ in range(steps):
+                net(torch.rand(3, 6))
+        r = sc.report(3, counted, steps)
+        assert r["ann_equivalent_energy_uj_per_image"] == pytest.approx(E_MAC_PJ * 2 * per_use * 1e-6)
+
+
 def test_an_all_zero_analog_map_costs_macs_not_spikes():
     """A tensor of zeros whose producer is not a neuron (here a ReLU that never opened) is analog: its dense MACs
     are counted; a silent neuron's output, known by its producer, is still spikes (no SOP, no MAC)."""

@@ -362,4 +362,4 @@ def evaluate_snn(snn: SpikingNet, loader, timesteps: int, one_step: bool, max_im
     if n == 0:
         raise SpikeSearchError("no test images to simulate")
     return {"images": n, "accuracy": (correct.double() / n).tolist(),
-            "seconds_per_timestep": sim_seconds / timesteps, "spikes": counter.report(n, timesteps)}
+            "seconds_per_timestep": sim_seconds / timesteps, "spikes": counter.report(n, timesteps, timesteps + snn.presim)}

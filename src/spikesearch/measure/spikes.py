@@ -94,6 +94,18 @@ def fanout(m: nn.Module, x: Tensor) -> Tensor | float:
     return nn.grad.conv2d_input((1, *x.shape[1:]), ones_w, grad, m.stride, m.padding, m.dilation, m.groups)[0]
 
 
+def one_pass(e: dict[str, float], n_images: int, steps: int) -> float:
+    """A synapse layer's dense MACs in one pass of the same network as an ANN, for one image. The layer ran
+    ``rows / n_images`` times per image: a layer of the step loop ``steps`` times (every step simulated) per place
+    it is used (a weight-shared layer used twice per step is two layers of the ANN); a layer outside the loop
+    (SNASNet's stem, once per image) fewer times, each a place of its own."""
+    runs = e["rows"] / n_images
+    if not runs:
+        return 0.0
+    places = runs // steps if runs >= steps else runs
+    return e["dense_macs"] / n_images * places / runs
+
+
 class SpikeCounter:
     """``with SpikeCounter(model) as sc: model(x)`` then ``sc.report(n_images, timesteps)``."""
 
@@ -176,7 +188,7 @@ class SpikeCounter:
             per_row = fan_in * (out[0].numel() if isinstance(m, nn.Conv2d) else m.out_features)
             e = self._entry(name, "synapse")
             e["dense_macs"] += per_row * rows
-            e["one_pass_macs"] = per_row  # one image, one step
+            e["rows"] += rows  # applications to one image (a row), over every step and every place it is used
             area = self._spike_area(x)
             if area is None:
                 e["macs"] += per_row * rows
@@ -193,7 +205,9 @@ class SpikeCounter:
                     e[kind] += float((weighted.sum(0) * self.fanouts[key]).sum())
         return hook
 
-    def report(self, n_images: int, timesteps: int) -> dict:
+    def report(self, n_images: int, timesteps: int, steps_run: int | None = None) -> dict:
+        """Per image over ``n_images``. ``steps_run``: the steps simulated when more than the ``timesteps`` that
+        count (SRP's uncounted pre-simulation steps run every layer too)."""
         layers = []
         tot = defaultdict(float)
         for name in self.order:
@@ -206,8 +220,9 @@ class SpikeCounter:
             else:
                 layers.append({"layer": name, "kind": "synapse", "sops_per_image": e["acs"] / n_images,
                                "macs_per_image": e["macs"] / n_images, "dense_macs_per_image": e["dense_macs"] / n_images})
-                for k in ("acs", "negative_acs", "macs", "dense_macs", "one_pass_macs"):
+                for k in ("acs", "negative_acs", "macs", "dense_macs"):
                     tot[k] += e[k]
+                tot["one_pass_macs"] += one_pass(e, n_images, steps_run or timesteps)
         sops, macs = tot["acs"] / n_images, tot["macs"] / n_images
         energy_pj = E_AC_PJ * sops + E_MAC_PJ * macs
         ann_energy_pj = E_MAC_PJ * tot["one_pass_macs"]
