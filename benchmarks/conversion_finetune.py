@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--levels", type=int, default=4)
     a = ap.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))  # the CI machine's 2 cores unless told
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # the CI machine's 2 cores unless told
     seed_everything(a.seed)
     binary = "binary" in a.ann
     ann = VGG(VGGConfig(width=a.width, batchnorm=True, binary=binary, levels=a.levels,
@@ -139,7 +139,7 @@ def main() -> None:
            "seed": a.seed, "best_epoch": best_epoch, "val_best": best, "test_converted": before, "test_finetuned": after}
     summary = (f"{a.ann} (ANN {100 * ann_test:.2f} %) -> {a.method} + fine-tuning at T={a.t} (epoch {best_epoch}/{a.epochs} "
                f"by validation): test T=1/2/4/8 " + " / ".join(f"{100 * after[t - 1]:.1f}" for t in (1, 2, 4, 8))
-               + f" (converted: " + " / ".join(f"{100 * before[t - 1]:.1f}" for t in (1, 2, 4, 8)) + "); gap at T=4 / 8 "
+               + " (converted: " + " / ".join(f"{100 * before[t - 1]:.1f}" for t in (1, 2, 4, 8)) + "); gap at T=4 / 8 "
                + " / ".join(f"{100 * (ann_test - after[t - 1]):+.1f}" for t in (4, 8))
                + f"; 1000 test images, 0/1 spikes, one-step; {platform.machine()}, torch {torch.__version__}")
     print(summary, flush=True)

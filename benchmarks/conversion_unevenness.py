@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--levels", type=int, default=4)
     a = ap.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))  # the CI machine's 2 cores unless told
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # the CI machine's 2 cores unless told
     ann = VGG(VGGConfig(width=a.width, batchnorm=True, binary="binary" in a.ann, levels=a.levels,
                         activation="qcfs" if "QCFS" in a.ann else "relu")).eval()
     ann.load_state_dict(torch.load(a.bench / a.ann / "checkpoints/best.pt", weights_only=True)["model"])
@@ -108,8 +108,14 @@ def main() -> None:
     snn, _ = convert(copy.deepcopy(ann), norm, ConvertConfig(method=a.method))
     with torch.no_grad():
         ann_acc = float((ann(x).argmax(1) == y).float().mean())
-    lines = [f"{a.ann.replace('_', ' ')} -> {a.method}, ANN {100 * ann_acc:.1f} % on the first {a.images} test images, "
-             f"one-step; {platform.machine()}, torch {torch.__version__}", ""]
+        # the converted stages (BN folded, rescaled) with the ANN's own activations: a conversion bug shows here
+        h = x
+        for k, levels in enumerate(snn.levels):
+            h = ann_activation(levels, clip=False)(snn.ann_ops(k)(h))
+        converted_acc = float((snn.output(h).argmax(1) == y).float().mean())
+    lines = [(f"{a.ann.replace('_', ' ')} -> {a.method}, ANN {100 * ann_acc:.1f} % (its converted stages with the ANN's "
+              f"activations: {100 * converted_acc:.1f} %) on the first {a.images} test images, one-step; "
+              f"{platform.machine()}, torch {torch.__version__}"), ""]
     for T in a.t:
         lines += table(snn, x, y, T) + [""]
     out = a.bench / f"unevenness_{a.ann}_{a.method}.md"
