@@ -431,3 +431,37 @@ def test_binary_layers_evaluate_and_export_the_weights_training_applies(layer):
     torch.testing.assert_close(evaluated, trained)
     torch.testing.assert_close(exported, binarize(layer.weight.detach()))  # what the training pass applied
     assert not torch.equal(binarize(stored), exported)  # the projection mattered
+
+
+def test_qcfs_conversion_is_exact_at_t_equal_l_for_evenly_spread_input():
+    """At T = L, an IF stage (threshold lam, membrane from lam/2, reset by subtraction) fed a constant current
+    fires exactly L * QCFS(z) / lam times (Bu et al., ICLR 2022): BN folding, pool-before-activation, threshold
+    balancing and the neuron add no error, so a converted QCFS net's loss at T = L is the unevenness of the spike
+    trains between layers alone (docs/conversion.md, the per-layer diagnosis)."""
+    torch.manual_seed(0)
+    levels = 4
+    ann = small_net(act=lambda: QCFS(levels=levels, init_threshold=1.0), bn=True)
+    with torch.no_grad():
+        for i, m in enumerate(m for m in ann.modules() if isinstance(m, QCFS)):
+            m.threshold.fill_(0.7 + 0.4 * i)
+        for m in ann.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
+    ann.eval()
+    x = torch.rand(16, 1, 28, 28)
+    snn, lams = convert(ann, [], ConvertConfig(method="qcfs"))
+    # the ANN's activations in threshold units, stage by stage
+    a, ann_acts = x, []
+    with torch.no_grad():
+        for (ops, act), lam in zip(split_stages(ann)[:-1], lams):
+            a = act(ops(a))
+            ann_acts.append(a / lam)
+        for k, stage in enumerate(snn.stages):
+            inp = x if k == 0 else ann_acts[k - 1]  # the ANN's previous activation as a constant current
+            neuron = stage[-1]
+            neuron.reset_state()
+            z = stage[:-1](inp)
+            count = torch.stack([neuron(z) for _ in range(levels)]).sum(0)
+            mismatch = (count != torch.round(ann_acts[k] * levels)).float().mean()
+            assert mismatch <= 1e-3, (k, float(mismatch))  # float ties at a level boundary only
