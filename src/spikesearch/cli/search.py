@@ -16,7 +16,7 @@ from ..core.errors import SpikeSearchError
 from ..nasbench.bench import DATASETS, read_bench, read_scores
 from ..runs import RunRequest
 from ..search import STRATEGIES, SearchConfig, search
-from ..search.pareto import hypervolume
+from ..search.pareto import hypervolume, pareto_mask
 from ..search.simulate import hv_reference, simulate
 from ..search.space import SIGNALS
 from ..search.strategies import AUTO, OBJECTIVES, new_study
@@ -244,7 +244,7 @@ def _bench_front(run, space: BenchSpace, front: list[dict]) -> dict:
     every = (np.array([space.energy(int(i)) for i in space.ids]), space.test, "every cell (test acc)")
     # the plot shows the accurate 95 % of the cells: the collapsed ones at chance would squash the front
     return _front(run, rows, "energy estimate (MSOP/image)", ref, true_hv, every,
-                  ylim=(float(np.percentile(space.test, 5)) - 1, float(space.test.max()) + 0.5))
+                  ylim=(float(np.percentile(space.test, 5)) - 1, float(space.test.max()) + 0.5), true_front=True)
 
 
 def _cells_front(run, space: CellSpace, res) -> dict:
@@ -260,9 +260,10 @@ def _cells_front(run, space: CellSpace, res) -> dict:
 
 
 def _front(run, rows: list[dict], energy_label: str, ref: tuple[float, float], true_hv: float | None,
-           every: tuple, ylim: tuple | None = None) -> dict:
-    """front.md (the table and the hypervolume) and front.png (the front over ``every`` cell) from the front's
-    ``rows`` (each with ``test_acc`` and ``energy``, read after the search chose)."""
+           every: tuple, ylim: tuple | None = None, true_front: bool = False) -> dict:
+    """front.md (the table and the hypervolume) and front.png (the front over ``every`` cell, and with
+    ``true_front`` the front of all of them) from the front's ``rows`` (each with ``test_acc`` and ``energy``,
+    read after the search chose)."""
     from ..measure.plots import _save, plt
 
     rows = sorted(rows, key=lambda r: r["energy"])
@@ -280,6 +281,11 @@ def _front(run, rows: list[dict], energy_label: str, ref: tuple[float, float], t
     run.file("front.md").write_text("\n".join(lines) + f"\n\n{text}\n")
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.scatter(every[0], every[1], s=4, color="0.75", label=every[2])
+    if true_front:
+        on = pareto_mask(every[1], every[0])
+        order = np.argsort(every[0][on])
+        ax.step(every[0][on][order], every[1][on][order], where="post", color="0.2", ls="--", lw=1,
+                label="true front (every cell)")
     ax.step(energy, acc, where="post", marker="o", color="tab:red", label="front found")
     ax.set_xlabel(energy_label)
     ax.set_ylabel("test accuracy (%)")
