@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -88,16 +89,19 @@ def main() -> None:
     ap.add_argument("--presim", type=int, default=4, help="SRP's uncounted steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", default=None, help="ANN names to run, e.g. 'FP QCFS'")
+    ap.add_argument("--methods", nargs="*", default=None, help="conversion methods to run (default: all that apply)")
+    ap.add_argument("--dataset", default="fmnist-small", help="fmnist-small (bundled) or fashion-mnist (--data_dir)")
+    ap.add_argument("--data_dir", default=None)
     ap.add_argument("--overwrite", action="store_true", help="retrain ANNs already trained in --out")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/conversion"))
     a = ap.parse_args()
     device = torch.device(a.device)
     if device.type == "cpu":
-        torch.set_num_threads(2)  # the CI machine's cores, whatever this one has
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # the CI machine's 2 cores unless told
     seed_everything(a.seed)
     # best.pt is chosen on 10 % of the training images held out (never on the test set)
-    train, val, test, info = make_loaders("fmnist-small", None, 64, device, a.seed, None, a.eval_size, eval_batch_size=250,
+    train, val, test, info = make_loaders(a.dataset, a.data_dir, 64, device, a.seed, None, a.eval_size, eval_batch_size=250,
                                           val_fraction=0.1)
     norm = [x for x, _ in BatchLoader(train.data.subset(a.norm), 250, train.augment, False, device)]
     curves, ann_acc, per_step, rows, trained = {}, {}, {}, [], {}
@@ -115,6 +119,8 @@ def main() -> None:
             # a finished or interrupted ANN of the same settings is continued, not retrained (--overwrite retrains)
             config = {"ann": name, "epochs": a.epochs, "width": a.width, "levels": a.levels, "seed": a.seed,
                       "eval_size": a.eval_size, "norm": a.norm, "optimizer": "adam", "lr": 1e-3, "val_fraction": 0.1}
+            if a.dataset != "fmnist-small":  # the bundled runs' settings stay as they were (and resumable)
+                config["dataset"] = a.dataset
             path = a.out / name.replace(" ", "_")
             run = Run(path.name, a.out, quiet=True, config=config, resume=holds_run(path) and not a.overwrite,
                       overwrite=a.overwrite)
@@ -149,7 +155,7 @@ def main() -> None:
                 res = evaluate_snn(snn, test, a.timesteps, one_step=True, progress=False)
                 return res["accuracy"], res["seconds_per_timestep"]
 
-            for method in METHODS[act]:
+            for method in (m for m in METHODS[act] if a.methods is None or m in a.methods):
                 measured(f"{name} -> ours, {method}" + (f" (+{a.presim} uncounted steps)" if METHOD_RECORDS.get(method).presim else ""),
                          lambda: ours(method))
             if act == "relu":
@@ -173,7 +179,7 @@ def main() -> None:
                      f"best method at T=8: {lab.split(', ', 1)[1]}, {100 * curves[lab][3]:.2f} % at T=4 and "
                      f"{100 * curves[lab][7]:.2f} % at T=8" for name, lab in best.items() if a.timesteps >= 8]
     table = "\n".join(lines) + "\n\n" + "\n".join(summary_lines) + (
-        f"\n\n{a.eval_size} test images of fmnist-small, vgg15ab width {a.width} with BN (folded), {a.epochs} epochs Adam "
+        f"\n\n{a.eval_size} test images of {a.dataset}, vgg15ab width {a.width} with BN (folded), {a.epochs} epochs Adam "
         f"1e-3 cosine (best epoch kept), seed {a.seed}, QCFS L={a.levels}, {a.norm} normalisation images, calibration "
         f"on 256 of them at T=8, SRP tau={a.presim}; one-step simulation; {platform.machine()}, "
         f"{torch.get_num_threads()} threads, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
@@ -182,7 +188,7 @@ def main() -> None:
     (a.out / "table.md").write_text(table + "\n")
     (a.out / "curves.json").write_text(json.dumps({"curves": curves, "ann": ann_acc, "per_step_s": per_step,
                                                    "trained": trained}))
-    plot_accuracy_vs_timestep(curves, a.out / "accuracy_vs_timestep.png", ann_acc, "vgg15ab on fmnist-small")
+    plot_accuracy_vs_timestep(curves, a.out / "accuracy_vs_timestep.png", ann_acc, f"vgg15ab on {a.dataset}")
     print(table)
 
 

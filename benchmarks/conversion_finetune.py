@@ -10,6 +10,9 @@ the ANN's), never the test set.
 
     python benchmarks/conversion.py ...     # trains runs/bench/conversion/FP_QCFS etc.
     python benchmarks/conversion_finetune.py --ann FP_QCFS --method qcfs --t 4 --epochs 20
+
+With ``--dataset``/``--data_dir``/``--eval_size`` as given to conversion.py (e.g. ``--dataset fashion-mnist
+--data_dir /usr/share/datasets/fashion-mnist`` for the full Fashion-MNIST); the defaults are the bundled data.
 """
 from __future__ import annotations
 
@@ -86,6 +89,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the ANN's --seed in conversion.py (its split), and the fine-tuning's")
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--levels", type=int, default=4)
+    ap.add_argument("--dataset", default="fmnist-small", help="conversion.py's --dataset")
+    ap.add_argument("--data_dir", default=None)
+    ap.add_argument("--eval_size", type=int, default=1000, help="test images")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # the CI machine's 2 cores unless told
     seed_everything(a.seed)
@@ -94,7 +100,7 @@ def main() -> None:
                         activation="qcfs" if "QCFS" in a.ann else "relu")).eval()
     ann.load_state_dict(torch.load(a.bench / a.ann / "checkpoints/best.pt", weights_only=True)["model"])
     # the ANN's split and normalisation images (conversion.py with --seed): best.pt was chosen on this validation split
-    train, val, test, _ = make_loaders("fmnist-small", None, 64, torch.device("cpu"), a.seed, None, 1000, eval_batch_size=250,
+    train, val, test, _ = make_loaders(a.dataset, a.data_dir, 64, torch.device("cpu"), a.seed, None, a.eval_size, eval_batch_size=250,
                                        val_fraction=0.1)
     norm = [x for x, _ in BatchLoader(train.data.subset(1000), 250, train.augment, False)]
     with torch.no_grad():
@@ -136,12 +142,13 @@ def main() -> None:
             if isinstance(m, (nn.Conv2d, nn.Linear)) and parametrize.is_parametrized(m):
                 assert all(len(torch.unique(f.abs())) == 1 for f in m.weight.detach().flatten(1))
     row = {"ann": a.ann, "ann_test": ann_test, "method": a.method, "t_trained": a.t, "epochs": a.epochs, "lr": a.lr,
-           "seed": a.seed, "best_epoch": best_epoch, "val_best": best, "test_converted": before, "test_finetuned": after}
+           "seed": a.seed, "dataset": a.dataset, "test_images": len(test.data), "best_epoch": best_epoch, "val_best": best,
+           "test_converted": before, "test_finetuned": after}
     summary = (f"{a.ann} (ANN {100 * ann_test:.2f} %) -> {a.method} + fine-tuning at T={a.t} (epoch {best_epoch}/{a.epochs} "
                f"by validation): test T=1/2/4/8 " + " / ".join(f"{100 * after[t - 1]:.1f}" for t in (1, 2, 4, 8))
                + " (converted: " + " / ".join(f"{100 * before[t - 1]:.1f}" for t in (1, 2, 4, 8)) + "); gap at T=4 / 8 "
                + " / ".join(f"{100 * (ann_test - after[t - 1]):+.1f}" for t in (4, 8))
-               + f"; 1000 test images, 0/1 spikes, one-step; {platform.machine()}, torch {torch.__version__}")
+               + f"; {len(test.data)} test images of {a.dataset}, 0/1 spikes, one-step; {platform.machine()}, torch {torch.__version__}")
     print(summary, flush=True)
     out = a.bench / a.ann / f"finetune_{a.method}_T{a.t}_s{a.seed}.json"
     out.write_text(json.dumps({**row, "log": log, "summary": summary}))
