@@ -406,6 +406,29 @@ def test_a_stale_trial_failed_twice_is_trained_once(clone, tmp_path):
     assert (collect(study, space).arch, collect(study, space).epochs_spent) == (result.arch, 500)
 
 
+def test_a_trial_handed_to_two_workers_is_trained_by_one_and_the_other_goes_on(clone, tmp_path):
+    """SQLite can hand one waiting trial to two workers (seen in CI: the second worker's first write to it raised
+    and killed the worker). Here the other worker completes the trial between this one's pop and its first write."""
+    from spikesearch.search.workers import collect, plan, rdb_storage, work
+
+    class Raced(BenchSpace):
+        raced = False
+
+        def describe(self, arch):  # called right after the pop, before the worker's first write to the trial
+            if not self.raced:
+                self.raced = True
+                running = next(t for t in study.get_trials() if t.state == optuna.trial.TrialState.RUNNING)
+                study._storage.set_trial_state_values(running._trial_id, optuna.trial.TrialState.COMPLETE, [50.0])
+            return super().describe(arch)
+
+    cfg = SearchConfig(strategy="random", budget=500, prefilter=None, seed=4)
+    space = Raced(bench.read_bench(clone))
+    study = plan(cfg, space, rdb_storage(f"sqlite:///{tmp_path / 'study.db'}"), "w")
+    assert work(study, space, cfg) == 4  # the fifth was told by the other worker, not by this one
+    done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 5 and len(collect(study, space).finals) == 4  # the raced trial holds no cell record
+
+
 def test_search_command_with_workers_equals_one_process(clone, tmp_path):
     import json
 

@@ -93,27 +93,33 @@ def work(study: optuna.Study, space: Space, cfg: SearchConfig, poll: float = 0.5
         # ask/tell starts no heartbeat of its own (study.optimize does): Optuna's thread beats from the first
         # moment, since a trial that never beat is never found stale (it would wait forever)
         with get_heartbeat_thread(trial._trial_id, study._storage):
-            cell = _cell(study._storage.get_trial(trial._trial_id))
-            if not cell:  # another worker took the last waiting trial: ask made a fresh one
-                study.tell(trial, state=TrialState.FAIL)
-                continue
-            earlier = _earlier_attempt(study, trial.number, cell)
-            if earlier is not None:  # a duplicate retry (see the module's note): the earlier attempt trains it
-                trial.set_user_attr(DUPLICATE_ATTR, earlier)
-                study.tell(trial, state=TrialState.FAIL)
-                continue
-            arch = space.decode({k: trial.suggest_categorical(k, d.choices) for k, d in dists.items()})
-            trial.set_user_attr(ARCH_ATTR, space.describe(arch))
-            trial.set_user_attr("pid", os.getpid())
-            space.reset()  # a worker may not continue from another's state: every trial trains from scratch here
-            ev = space.evaluate(arch, space.max_epochs)
             try:
-                trial.set_user_attr("epochs", ev.epochs)
-                study.tell(trial, ev.signals[cfg.final_signal])
+                done += _attempt(study, trial, space, cfg, dists)
             except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # judged dead (a heartbeat late past the grace period) and retried: the retry counts; or
-                # handed to two workers at once (SQLite): the first tell counts
-        done += 1
+                # finished by someone else: handed to two workers at once (SQLite), the other one told it first; or
+                # judged dead (a heartbeat late past the grace period) and retried, the retry counts
+                continue
+
+
+def _attempt(study: optuna.Study, trial: optuna.Trial, space: Space, cfg: SearchConfig, dists: dict) -> int:
+    """Train the cell of a popped trial and tell its value: 1 when it was told, 0 when it stood down."""
+    cell = _cell(study._storage.get_trial(trial._trial_id))
+    if not cell:  # another worker took the last waiting trial: ask made a fresh one
+        study.tell(trial, state=TrialState.FAIL)
+        return 0
+    earlier = _earlier_attempt(study, trial.number, cell)
+    if earlier is not None:  # a duplicate retry (see the module's note): the earlier attempt trains it
+        trial.set_user_attr(DUPLICATE_ATTR, earlier)
+        study.tell(trial, state=TrialState.FAIL)
+        return 0
+    arch = space.decode({k: trial.suggest_categorical(k, d.choices) for k, d in dists.items()})
+    trial.set_user_attr(ARCH_ATTR, space.describe(arch))
+    trial.set_user_attr("pid", os.getpid())
+    space.reset()  # a worker may not continue from another's state: every trial trains from scratch here
+    ev = space.evaluate(arch, space.max_epochs)
+    trial.set_user_attr("epochs", ev.epochs)
+    study.tell(trial, ev.signals[cfg.final_signal])
+    return 1
 
 
 def collect(study: optuna.Study, space: Space) -> SearchResult:
