@@ -184,19 +184,20 @@ def read_json_object(path: Path) -> dict:
     return data
 
 
+def _differing(old: dict, new: dict, ignore: frozenset | set = frozenset()) -> dict[str, tuple[Any, Any]]:
+    missing = "<not recorded>"
+    return {k: (old.get(k, missing), new.get(k, missing)) for k in sorted((old.keys() | new.keys()) - ignore)
+            if k not in old or k not in new or old[k] != new[k]}
+
+
 def config_diff(stored: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """Settings that differ between two resolved configs, ignoring those that do not change results."""
-    missing = "<not recorded>"
-    keys = sorted((stored.keys() | new.keys()) - RUN_ONLY_KEYS)
-    return {k: (stored.get(k, missing), new.get(k, missing)) for k in keys
-            if k not in stored or k not in new or stored[k] != new[k]}
+    return _differing(stored, new, RUN_ONLY_KEYS)
 
 
 def _changes(ran: dict, now: dict) -> str:
     """Every setting that differs between what a checkpoint records as run and what is asked now, for one line."""
-    missing = "<not recorded>"
-    return ", ".join(f"{k} {ran.get(k, missing)!r} -> {now.get(k, missing)!r}"
-                     for k in sorted(ran.keys() | now.keys()) if ran.get(k) != now.get(k))[:300]
+    return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in _differing(ran, now).items())[:300]
 
 
 def _holder(path: Path) -> str | None:

@@ -220,7 +220,7 @@ class Trainer:
                 last = self.resume_path
                 kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
                 raise Diverged(f"loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}; stopped: "
-                                       f"{kept} (try a lower learning rate)")
+                               f"{kept} (try a lower learning rate)")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
