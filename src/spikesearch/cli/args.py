@@ -15,10 +15,10 @@ SCHEDULER_HELP = ("the same in every command: cosine to lr/100; step = lr/10 at 
                   "every step_size epochs; none")
 
 
-def add_validation(p: argparse.ArgumentParser) -> None:
+def add_validation(p: argparse.ArgumentParser, note: str = "") -> None:
     """The held-out split that chooses a "best" checkpoint (never the test set)."""
     p.add_argument("--val_fraction", type=_checked(float, lambda v: 0 <= v < 1, "must be in [0, 1)"), default=0.1,
-                   help="seeded fraction of the training images held out to choose the best epoch; 0: none, "
+                   help=note + "seeded fraction of the training images held out to choose the best epoch; 0: none, "
                         "the last epoch is reported")
 
 

@@ -8,20 +8,21 @@ from pathlib import Path
 import torch
 
 from ..convert.converter import convert, evaluate_snn
+from ..convert.finetune import Unrolled, check_method
 from ..convert.methods import CHOICES, help_text, resolve
 from ..convert.qcfs import init_thresholds
-from ..convert.rebuild import convert_config, file_sha256, load_vgg
+from ..convert.rebuild import convert_config, file_sha256, finetune_config, held_out, load_vgg
 from ..convert.report import layer_report, plot_layer_report
 from ..convert.vgg import ARCHS, VGG, VGGConfig
 from ..core.errors import SpikeSearchError
 from ..data.events import SPLITS
 from ..data.loader import BatchLoader
-from ..measure.plots import plot_accuracy_vs_timestep, plot_spike_report
-from ..runs import RunRequest, atomic_write_bytes, check_output, split_job_dir
-from ..train.checkpoint import load_checkpoint
+from ..measure.plots import plot_accuracy_vs_timestep, plot_spike_report, plot_training
+from ..runs import RunRequest, atomic_write_bytes, check_output, read_json_object, split_job_dir
+from ..train.checkpoint import load_checkpoint, load_model_weights
 from ..train.pipeline import make_loaders, train_and_report
 from ..train.setup import pick_device, seed_everything
-from ..train.trainer import TrainConfig, evaluate, overridable
+from ..train.trainer import TrainConfig, Trainer, evaluate, overridable
 from . import args as arg
 
 # Lu & Sengupta's README recipes (CIFAR-100), and a short one for the bundled data.
@@ -35,6 +36,8 @@ RECIPES = {
 
 # train-ann's flags a resume re-plans (flag -> TrainConfig field); the recipe, model and data are refused
 TRAIN_ANN_OVERRIDES = overridable({k: k for k in ("epochs", "lr", "batch_size")})
+# and convert's, of its fine-tuning (the conversion itself is deterministic and redone on resume)
+CONVERT_OVERRIDES = overridable({f"finetune_{k}": k for k in ("epochs", "lr", "batch_size")})
 
 
 def cmd_train_ann(a: argparse.Namespace) -> dict:
@@ -78,17 +81,28 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     seed_everything(a.seed)
     if a.calib_timesteps is None:  # a calibration is fitted for one latency: the one simulated, unless told
         a.calib_timesteps = a.time  # resolved before config.json records it (export re-converts from there)
-    request = RunRequest.from_args(a, *split_job_dir(a.job_dir), inputs=[a.model])
+    if a.finetune_timesteps is None:  # likewise a fine-tuning
+        a.finetune_timesteps = a.time
+    tune = finetune_config(vars(a))
+    tune.validate()
+    request = RunRequest.from_args(a, *split_job_dir(a.job_dir), inputs=[a.model], overridable=CONVERT_OVERRIDES)
     folder = request.check()
+    if a.resume and not (tune.epochs and _stored_finetuning(folder)):
+        # the validation split, and with it the normalisation images, exist only with fine-tuning
+        raise SpikeSearchError(f"--resume continues a fine-tuning: {folder} and this command must both have "
+                               "--finetune_epochs > 0 (convert again with --overwrite)")
     if a.results_file:
         check_output(a.results_file, "--results-file", a.overwrite, [a.model, a.data, folder])
-    train, _, test, info = make_loaders(a.dataset, a.data, a.batch_size, device, a.seed, None, a.eval_size,
-                                        eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split)
+    train, val, test, info = make_loaders(a.dataset, a.data, tune.batch_size, device, a.seed, None, a.eval_size,
+                                          eval_batch_size=a.batch_size, frames=a.frames, split_by=a.event_split,
+                                          val_fraction=held_out(vars(a)))
     ann = load_vgg(a.model, vars(a), info).to(device).eval()
     cfg = convert_config(vars(a))
     method = resolve(cfg.method, ann.cfg.activation == "qcfs")
     if method.needs_one_step and not a.one_step:
         raise SpikeSearchError(f"--method {method.name} simulates one step at a time: add --one-step")
+    if tune.epochs:
+        check_method(method, a.one_step)
     ann_sha256 = file_sha256(a.model)
     run = request.open()  # only after the inputs checked out: a failed command writes nothing
     _, ann_acc = evaluate(ann, test)
@@ -106,6 +120,9 @@ def cmd_convert(a: argparse.Namespace) -> dict:
             + (f" after {snn.presim} uncounted SRP steps" if snn.presim else "")
             + (f" (biases calibrated for T={cfg.calib_timesteps}; other T use that calibration)" if method.calibrate else "")
             + f", {mode}")
+    finetuned = None
+    if tune.epochs:
+        snn, finetuned = _finetune(snn, ann.cfg.binary, tune, (train, val, test), run, a)
     res = evaluate_snn(snn, test, a.time, a.one_step, progress=not a.quiet)
     report_images = torch.cat([x for x, _ in test])[:a.report_images]
     ts = sorted({t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if t <= a.time} | {a.time})
@@ -115,14 +132,17 @@ def cmd_convert(a: argparse.Namespace) -> dict:
                       f"{a.arch} by {method.name}: where the SNN departs from the ANN")
     acc = res["accuracy"]
     table = run.save_csv("accuracy_per_timestep.csv", ["timestep", "snn_accuracy"], ((t + 1, v) for t, v in enumerate(acc)))
-    plot_accuracy_vs_timestep({f"SNN ({mode.split(' ')[0]})": acc}, run.file("accuracy_vs_timestep.png"),
-                              {"ANN": ann_acc}, f"{a.arch} on {a.dataset}")
+    curves = {f"SNN ({mode.split(' ')[0]})": acc}
+    if finetuned is not None:
+        curves = {"converted": finetuned["converted_accuracy"], f"fine-tuned at T={tune.timesteps}": acc}
+    plot_accuracy_vs_timestep(curves, run.file("accuracy_vs_timestep.png"), {"ANN": ann_acc}, f"{a.arch} on {a.dataset}")
     plot_spike_report(res["spikes"], run.file("spikes.png"), f"converted {a.arch}, T={a.time}")
     run.save_json("spikes.json", res["spikes"])
     near = next((t + 1 for t, v in enumerate(acc) if v >= ann_acc - 0.01), None)
     result = {"method": method.name, "spike_values": method.spikes, "nir": method.nir_refusal or "exportable",
               "ann_sha256": ann_sha256, "presim": snn.presim,
-              "calibrated_for_timesteps": cfg.calib_timesteps if method.calibrate else None, "ann_acc": ann_acc, "test_acc": acc[-1], "best_snn_acc": max(acc),
+              "calibrated_for_timesteps": cfg.calib_timesteps if method.calibrate else None,
+              "finetuned": finetuned, "ann_acc": ann_acc, "test_acc": acc[-1], "best_snn_acc": max(acc),
               "timesteps": a.time,
               "timesteps_to_ann_minus_1pt": near, "images": res["images"],
               "seconds_per_timestep": res["seconds_per_timestep"], "thresholds": [t.tolist() for t in lams],
@@ -133,6 +153,30 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     run.log(f"SNN accuracy at T={a.time}: {100 * acc[-1]:.2f}% (ANN {100 * ann_acc:.2f}%); within 1 point of the "
             f"ANN from T={near}; {1000 * res['seconds_per_timestep']:.1f} ms per timestep for {res['images']} images")
     return result
+
+
+def _finetune(snn, binary: bool, tune, loaders, run, a: argparse.Namespace) -> tuple:
+    """Fine-tune the converted SNN in the run folder (checkpoints, metrics.csv, training.png; resumable) and return
+    it with the epoch validation chose, and what it records: the converted SNN's accuracy per timestep beside it."""
+    train, val, test = loaders
+    converted = evaluate_snn(snn, test, a.time, a.one_step, progress=not a.quiet)["accuracy"]
+    run.log(f"converted SNN before fine-tuning: {100 * converted[-1]:.2f}% at T={a.time}; fine-tuning its 0/1 neurons "
+            f"at T={tune.timesteps} for {tune.epochs} epochs (Adam {tune.lr:g}, cosine), "
+            + (f"the epoch chosen on {len(val.data)} validation images" if val else "the last epoch kept (no validation split)"))
+    net = Unrolled(snn, tune.timesteps, binary)
+    summary = Trainer(net, train, test, tune.train_config(a.seed, not a.quiet), run, val=val).fit(resume=run.resumed)
+    plot_training(summary["history"], run.file("training.png"), f"fine-tuning the converted {a.arch}")
+    best = run.path / "checkpoints" / "best.pt"
+    load_model_weights(net, load_checkpoint(best, train.device), str(best))
+    return net.baked(), {"timesteps": tune.timesteps, "epochs": tune.epochs, "best_epoch": summary["best_epoch"],
+                         "best_val_acc": summary["best_val_acc"], "val_images": len(val.data) if val else 0,
+                         "converted_accuracy": converted}
+
+
+def _stored_finetuning(folder: Path) -> bool:
+    """Whether the run in ``folder`` (if any) fine-tunes; a folder without a run has nothing to refuse."""
+    config = folder / "config.json"
+    return not config.is_file() or bool(read_json_object(config).get("finetune_epochs"))
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -194,4 +238,13 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib_images", type=arg.positive_int, default=256, help="calibrate: training images used")
     p.add_argument("--report_images", type=arg.positive_int, default=256,
                    help="test images for the per-layer report (layer_report.json/.png)")
+    p.add_argument("--finetune_epochs", type=arg.nonneg_int, default=0,
+                   help="then train the converted 0/1 SNN's weights through its spikes for this many epochs (hybrid "
+                        "conversion; qcfs, percentile, calibrate; needs --one-step): the epoch is chosen on the "
+                        "validation split and its weights kept in checkpoints/ (export uses them)")
+    p.add_argument("--finetune_timesteps", type=arg.timesteps, default=None, help="the T fine-tuned at (default: --time)")
+    p.add_argument("--finetune_lr", type=arg.positive_float, default=3e-4, help="fine-tuning: Adam's learning rate")
+    p.add_argument("--finetune_batch_size", type=arg.positive_int, default=64, help="fine-tuning: batch size")
+    arg.add_validation(p, "fine-tuning only (give the ANN's --seed and --val_fraction: then these are the images "
+                          "that chose the ANN's epoch, and the normalisation images are among its training images): ")
     add_model_flags(p)

@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a trained ANN to an SNN and simulate it (official flags)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     convert_command.add_convert_arguments(c)
-    arg.add_run_flags(c, resume=False)
+    arg.add_run_flags(c)  # --resume continues a fine-tuning (--finetune_epochs)
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.add_argument("--threads", type=arg.positive_int, default=None, help="CPU threads for torch")
     c.set_defaults(func=convert_command.cmd_convert)

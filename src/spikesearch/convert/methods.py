@@ -34,10 +34,11 @@ class ConvertedIF(IF):
     state): ``u[t] = u[t-1] + (x[t] - v_threshold s[t-1])``, ``s[t] = [u[t] >= v_threshold - v_init]``, the
     membrane being ``u + v_init`` less the pending reset. The same neuron as an IF started at ``v_init``, but an
     exported graph adds the same floats in the same order, so its spikes equal ours even where a membrane lands
-    exactly on its threshold (binary weights make that common)."""
+    exactly on its threshold (binary weights make that common). Trained (``finetune``), the spike's gradient is a
+    box one threshold wide around the firing point; the forward spike is the same comparison."""
 
     def __init__(self, v_threshold: float = 1.0, v_init: float = 0.0) -> None:
-        super().__init__(v_threshold=v_threshold, v_reset=None, v_init=v_init)
+        super().__init__(v_threshold=v_threshold, v_reset=None, v_init=v_init, surrogate=f"rectangular:{1 / v_threshold}")
         self.reset_state()
 
     def reset_state(self) -> None:
@@ -50,6 +51,8 @@ class ConvertedIF(IF):
         return self.v - self.v_threshold * self.s + self.v_init
 
     def fire(self, u: Tensor) -> Tensor:
+        if u.requires_grad:  # fine-tuning; u - c >= 0 exactly when u >= c (gradual underflow: u - c = 0 only if u = c)
+            return self.surrogate(u - (self.v_threshold - self.v_init))
         return (u >= self.v_threshold - self.v_init).to(u.dtype)
 
     def single_step(self, x: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ from ..runs import read_json_object
 from ..train.checkpoint import load_checkpoint, load_model_weights
 from ..train.pipeline import make_loaders
 from .converter import ConvertConfig, SpikingNet, convert
+from .finetune import FinetuneConfig, Unrolled
 from .methods import resolve
 from .vgg import VGG, VGGConfig
 
@@ -62,10 +63,23 @@ def convert_config(flags: Mapping[str, Any]) -> ConvertConfig:
                          flags["calib_timesteps"], flags["calib_images"])
 
 
+def finetune_config(flags: Mapping[str, Any]) -> FinetuneConfig:
+    """The fine-tuning a ``convert`` command line (or config.json) asks for; none in a run from before it existed."""
+    return FinetuneConfig(flags.get("finetune_epochs", 0), flags.get("finetune_timesteps") or flags["time"],
+                          flags.get("finetune_lr", 3e-4), flags.get("finetune_batch_size", 64))
+
+
+def held_out(flags: Mapping[str, Any]) -> float:
+    """The validation fraction a conversion holds out of its training images: only a fine-tuning has one (it
+    chooses the epoch), so the normalisation images of a plain conversion are the official ones."""
+    return flags.get("val_fraction", 0.0) if flags.get("finetune_epochs") else 0.0
+
+
 def rebuild_converted(cfg: Mapping[str, Any], folder: Path, info: DatasetInfo) -> SpikingNet:
-    """The SNN a convert run made (for export). A convert run keeps no SNN weights: the conversion is deterministic,
-    so it is done again from the ANN file and the normalisation images the run used, once the ANN file is found to
-    be the one converted (its SHA-256, recorded in results.json) and the method exportable."""
+    """The SNN a convert run made (for export). The conversion is deterministic, so it is done again from the ANN
+    file and the normalisation images the run used, once the ANN file is found to be the one converted (its
+    SHA-256, recorded in results.json) and the method exportable; a fine-tuned run then takes its trained weights
+    from ``checkpoints/best.pt`` (the epoch validation chose)."""
     results = folder / "results.json"
     if not results.is_file():
         raise SpikeSearchError(f"{folder}: the conversion has not finished (no results.json)")
@@ -79,11 +93,19 @@ def rebuild_converted(cfg: Mapping[str, Any], folder: Path, info: DatasetInfo) -
     if file_sha256(model) != recorded:
         raise SpikeSearchError(f"{folder}: the ANN file {model} has changed since it was converted (SHA-256 differs); "
                                "convert it again to export")
+    tune = finetune_config(cfg)
+    weights = folder / "checkpoints" / "best.pt"
+    if tune.epochs and not weights.is_file():
+        raise SpikeSearchError(f"{folder}: a fine-tuned conversion without its weights ({weights} is missing)")
     train = make_loaders(cfg["dataset"], cfg["data"], cfg["batch_size"], torch.device("cpu"), cfg["seed"], None,
                          cfg["eval_size"], eval_batch_size=cfg["batch_size"], frames=cfg["frames"],
-                         split_by=cfg["event_split"]).train
+                         split_by=cfg["event_split"], val_fraction=held_out(cfg)).train
     ann = load_vgg(model, cfg, info).eval()
     resolve(cfg["method"], ann.cfg.activation == "qcfs").check_exportable()  # before the conversion's minutes
     batches = [x for x, _ in BatchLoader(train.data.subset(cfg["norm"]), cfg["batch_size"], train.augment, False)]
     snn, _ = convert(ann, batches, convert_config(cfg))
-    return snn
+    if not tune.epochs:
+        return snn
+    net = Unrolled(snn, tune.timesteps, ann.cfg.binary)  # the trained parameters' names, then plain weights
+    load_model_weights(net, load_checkpoint(weights), str(weights))
+    return net.baked()
