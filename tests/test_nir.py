@@ -243,3 +243,45 @@ def test_cli_export_of_convert_runs(tmp_path, capsys):
     torch.save(state, ann / "model.pt")
     assert main(["export", str(tmp_path / "calibrate"), "-o", str(tmp_path / "changed.nir")]) == 2
     assert "has changed since it was converted" in capsys.readouterr().err
+
+
+def test_cli_export_of_a_finetuned_conversion_runs_its_trained_weights(tmp_path, capsys):
+    """A fine-tuned binary-weight conversion exports the weights the fine-tuning chose, not the conversion it started
+    from: the file runs spike-equal to them, they score what the run reported, every binary filter keeps its signs
+    and two values; a damaged or missing checkpoint is refused, not replaced by the untrained conversion."""
+    from spikesearch.cli.export import rebuild
+    from spikesearch.convert import evaluate_snn
+    from spikesearch.convert.rebuild import rebuild_converted
+    from spikesearch.data.datasets import DATASETS
+
+    ann = tmp_path / "ann"
+    assert main(["train-ann", "--job-dir", str(ann), "--epochs", "1", "--width", "0.0625", "--batchnorm", "--binary",
+                 "--train_subset", "256", "--test_subset", "32", "--quiet"]) == 0
+    job = tmp_path / "ft"
+    assert main(["convert", "--job-dir", str(job), "--model", str(ann / "model.pt"), "--method", "calibrate", "--time", "4",
+                 "--eval_size", "32", "--norm", "64", "--calib_images", "32", "--report_images", "16", "--one-step",
+                 "--finetune_epochs", "1", "--finetune_timesteps", "1", "--quiet"]) == 0
+    results = json.loads((job / "results.json").read_text())
+    assert results["finetuned"]["best_epoch"] == 1 and results["finetuned"]["val_images"] == 500
+    out = tmp_path / "ft.nir"
+    assert main(["export", str(job), "-o", str(out)]) == 0
+    snn, _ = rebuild(job)
+    test = make_loaders("fmnist-small", None, 32, torch.device("cpu"), 0, None, 32, eval_batch_size=32).test
+    assert evaluate_snn(snn, test, 4, True, progress=False)["accuracy"][-1] == results["test_acc"]
+    x = torch.cat([b for b, _ in test])[:16]
+    round_trip(snn, nir.read(str(out)), tmp_path, lambda: snn.simulate(x, 8, one_step=True), lambda net: net(x, timesteps=8))
+    start = rebuild_converted(json.loads((job / "config.json").read_text()), job, DATASETS.get("fmnist-small"),
+                              finetuned=False)
+    weighted = [(a, b) for a, b in zip(start.modules(), snn.modules()) if isinstance(a, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert all(not torch.equal(a.weight, b.weight) for a, b in weighted)  # every layer trained
+    for a, b in weighted[1:-1]:  # the binary layers: signs kept, two values per filter
+        assert torch.equal(a.weight.sign(), b.weight.sign())
+        assert all(len(torch.unique(f.abs())) == 1 for f in b.weight.flatten(1))
+    capsys.readouterr()
+    best = job / "checkpoints" / "best.pt"
+    best.write_bytes(best.read_bytes()[:200])
+    assert main(["export", str(job), "-o", str(tmp_path / "damaged.nir")]) == 2
+    assert "best.pt" in capsys.readouterr().err and not (tmp_path / "damaged.nir").exists()
+    best.unlink()
+    assert main(["export", str(job), "-o", str(tmp_path / "missing.nir")]) == 2
+    assert "without its weights" in capsys.readouterr().err

@@ -235,7 +235,7 @@ def test_convert_into_the_ann_folder_is_refused(tmp_path, capsys):
     convert = ["convert", "--job-dir", ann, "--model", ann / "model.pt", "--time", "2", "--eval_size", "16",
                "--norm", "32", "--quiet"]
     code, err = cli(capsys, *convert)
-    assert code == 2 and "already holds a run" in err[0] and "--resume" not in err[0], err  # convert cannot resume
+    assert code == 2 and "already holds a run" in err[0] and "--resume" not in err[0], err  # nothing to resume
     code, err = cli(capsys, *convert, "--overwrite")
     assert code == 2 and "would delete" in err[0] and "model.pt" in err[0]
     assert files(ann) == before
@@ -349,7 +349,7 @@ def test_search_workers_die_with_their_parent(tmp_path, sig):
 
 # --- 13. messages --------------------------------------------------------------------------------------------------
 
-def test_convert_interrupted_does_not_suggest_resume(tmp_path, capsys, monkeypatch):
+def test_convert_interrupted_suggests_resume_only_for_a_finetuning(tmp_path, capsys, monkeypatch):
     ann = tmp_path / "ann"
     assert cli(capsys, "train-ann", "--job-dir", ann, "--epochs", "1", "--train_subset", "128", "--test_subset", "64",
                "--quiet")[0] == 0
@@ -361,6 +361,9 @@ def test_convert_interrupted_does_not_suggest_resume(tmp_path, capsys, monkeypat
     code, err = cli(capsys, "convert", "--job-dir", tmp_path / "snn", "--model", ann / "model.pt", "--time", "2",
                     "--norm", "32", "--quiet")
     assert code == 130 and "--resume" not in err[0] and "--overwrite" in err[0], err
+    code, err = cli(capsys, "convert", "--job-dir", tmp_path / "ft", "--model", ann / "model.pt", "--time", "2",
+                    "--norm", "32", "--finetune_epochs", "1", "--one-step", "--quiet")
+    assert code == 130 and "--resume" in err[0], err  # a fine-tuning continues
 
 
 def test_unwritable_home_prints_only_the_error(tmp_path):

@@ -554,11 +554,12 @@ class RunRequest:
 
     @classmethod
     def from_args(cls, a, name: str, root: str | Path, inputs: Iterable[str | Path | None] = (),
-                  overridable: Iterable[str] = (), **extra: Any) -> "RunRequest":
-        """From parsed arguments (after defaults are resolved): ``--resume``, ``--overwrite``, ``--override``."""
+                  overridable: Iterable[str] = (), resumable: bool | None = None, **extra: Any) -> "RunRequest":
+        """From parsed arguments (after defaults are resolved): ``--resume``, ``--overwrite``, ``--override``;
+        ``resumable`` defaults to whether the command has ``--resume``."""
         return cls(name, root, config_of(a, **extra), bool(getattr(a, "resume", False)), bool(getattr(a, "overwrite", False)),
-                   tuple(getattr(a, "override", None) or ()), tuple(str(i) for i in inputs if i), hasattr(a, "resume"),
-                   tuple(overridable))
+                   tuple(getattr(a, "override", None) or ()), tuple(str(i) for i in inputs if i),
+                   hasattr(a, "resume") if resumable is None else resumable, tuple(overridable))
 
     def _rules(self) -> dict:
         return dict(resumable=self.resumable, overridable=self.overridable)

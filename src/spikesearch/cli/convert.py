@@ -85,7 +85,8 @@ def cmd_convert(a: argparse.Namespace) -> dict:
         a.finetune_timesteps = a.time
     tune = finetune_config(vars(a))
     tune.validate()
-    request = RunRequest.from_args(a, *split_job_dir(a.job_dir), inputs=[a.model], overridable=CONVERT_OVERRIDES)
+    request = RunRequest.from_args(a, *split_job_dir(a.job_dir), inputs=[a.model], overridable=CONVERT_OVERRIDES,
+                                   resumable=tune.epochs > 0)
     folder = request.check()
     if a.resume and not (tune.epochs and _stored_finetuning(folder)):
         # the validation split, and with it the normalisation images, exist only with fine-tuning

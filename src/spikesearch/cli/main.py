@@ -154,7 +154,7 @@ def _out_of_memory(e: BaseException) -> bool:
 def _interrupted(args: argparse.Namespace, folders: list) -> str:
     if not folders:
         return "interrupted before anything was written"
-    if hasattr(args, "resume"):
+    if hasattr(args, "resume") and getattr(args, "finetune_epochs", None) != 0:  # convert resumes only a fine-tuning
         return f"interrupted; rerun the same command with --resume to continue {folders[-1]}"
     return f"interrupted; {folders[-1]} is incomplete (rerun with --overwrite to replace it)"
 

@@ -75,11 +75,11 @@ def held_out(flags: Mapping[str, Any]) -> float:
     return flags.get("val_fraction", 0.0) if flags.get("finetune_epochs") else 0.0
 
 
-def rebuild_converted(cfg: Mapping[str, Any], folder: Path, info: DatasetInfo) -> SpikingNet:
+def rebuild_converted(cfg: Mapping[str, Any], folder: Path, info: DatasetInfo, finetuned: bool = True) -> SpikingNet:
     """The SNN a convert run made (for export). The conversion is deterministic, so it is done again from the ANN
     file and the normalisation images the run used, once the ANN file is found to be the one converted (its
     SHA-256, recorded in results.json) and the method exportable; a fine-tuned run then takes its trained weights
-    from ``checkpoints/best.pt`` (the epoch validation chose)."""
+    from ``checkpoints/best.pt`` (the epoch validation chose), unless ``finetuned`` is False (the SNN it started from)."""
     results = folder / "results.json"
     if not results.is_file():
         raise SpikeSearchError(f"{folder}: the conversion has not finished (no results.json)")
@@ -104,7 +104,7 @@ def rebuild_converted(cfg: Mapping[str, Any], folder: Path, info: DatasetInfo) -
     resolve(cfg["method"], ann.cfg.activation == "qcfs").check_exportable()  # before the conversion's minutes
     batches = [x for x, _ in BatchLoader(train.data.subset(cfg["norm"]), cfg["batch_size"], train.augment, False)]
     snn, _ = convert(ann, batches, convert_config(cfg))
-    if not tune.epochs:
+    if not (tune.epochs and finetuned):
         return snn
     net = Unrolled(snn, tune.timesteps, ann.cfg.binary)  # the trained parameters' names, then plain weights
     load_model_weights(net, load_checkpoint(weights), str(weights))
