@@ -35,7 +35,7 @@ def spikes_per_stage(snn, x, T):
     masks = None
     if snn.presim:
         for _ in range(snn.presim):
-            snn._step(x, None)
+            snn.step(x)
         masks = [(stage[-1].membrane > 1e-3).to(x.dtype) for stage in snn.stages]
         reset(snn)
     rec, total = [[] for _ in snn.stages], 0.0

@@ -178,7 +178,7 @@ class SpikingNet(nn.Module):
         """Stage ``k``'s converted ANN ops (rescaled, BN folded), without the IF and a calibration shift."""
         return nn.Sequential(*(m for m in self.stages[k][:-1] if not isinstance(m, BiasShift)))
 
-    def _step(self, x: Tensor, masks: list[Tensor] | None) -> Tensor:
+    def step(self, x: Tensor, masks: list[Tensor] | None = None) -> Tensor:
         """One timestep through every layer (one-step propagation); SRP's masks silence neurons."""
         for i, stage in enumerate(self.stages):
             x = stage(x)
@@ -199,12 +199,12 @@ class SpikingNet(nn.Module):
             if not one_step:
                 raise SpikeSearchError(f"--method {self.method.name} simulates one step at a time: add --one-step")
             for t in range(self.presim):
-                self._step(frames[t % len(frames)], None)
+                self.step(frames[t % len(frames)], None)
             masks = [(stage[-1].membrane > 1e-3).to(frames.dtype) for stage in self.stages]  # residual potential > 0
             reset(self)
         if one_step:
             for t in range(timesteps):
-                total = total + self._step(frames[(t + self.presim) % len(frames)], masks)
+                total = total + self.step(frames[(t + self.presim) % len(frames)], masks)
                 outs.append(total)
             return torch.stack(outs)
         # synchronous: every layer reads its source's output of the previous step (zeros at t=0), the input

@@ -85,7 +85,7 @@ class Unrolled(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         frames = x if x.dim() == 5 else x.unsqueeze(0)
-        return sum(self.snn._step(frames[t % len(frames)], None) for t in range(self.timesteps)) / self.timesteps
+        return sum(self.snn.step(frames[t % len(frames)]) for t in range(self.timesteps)) / self.timesteps
 
     def baked(self) -> SpikingNet:
         """The SNN with its trained weights as plain tensors (a binary layer's scale multiplied in)."""
