@@ -248,7 +248,7 @@ def test_cli_export_of_convert_runs(tmp_path, capsys):
 def test_cli_export_of_a_finetuned_conversion_runs_its_trained_weights(tmp_path, capsys):
     """A fine-tuned binary-weight conversion exports the weights the fine-tuning chose, not the conversion it started
     from: the file runs spike-equal to them, they score what the run reported, every binary filter keeps its signs
-    and two values; a damaged or missing checkpoint is refused, not replaced by the untrained conversion."""
+    and two values; a damaged, replaced or missing checkpoint is refused, not replaced by the untrained conversion."""
     from spikesearch.cli.export import rebuild
     from spikesearch.convert import evaluate_snn
     from spikesearch.convert.rebuild import rebuild_converted
@@ -281,7 +281,8 @@ def test_cli_export_of_a_finetuned_conversion_runs_its_trained_weights(tmp_path,
     best = job / "checkpoints" / "best.pt"
     best.write_bytes(best.read_bytes()[:200])
     assert main(["export", str(job), "-o", str(tmp_path / "damaged.nir")]) == 2
-    assert "best.pt" in capsys.readouterr().err and not (tmp_path / "damaged.nir").exists()
+    assert "not the checkpoint results.json measured" in capsys.readouterr().err
+    assert not (tmp_path / "damaged.nir").exists()
     best.unlink()
     assert main(["export", str(job), "-o", str(tmp_path / "missing.nir")]) == 2
     assert "without its weights" in capsys.readouterr().err

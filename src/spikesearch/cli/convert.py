@@ -171,7 +171,7 @@ def _finetune(snn, binary: bool, tune, loaders, run, a: argparse.Namespace) -> t
     load_model_weights(net, load_checkpoint(best, train.device), str(best))
     return net.baked(), {"timesteps": tune.timesteps, "epochs": tune.epochs, "best_epoch": summary["best_epoch"],
                          "best_val_acc": summary["best_val_acc"], "val_images": len(val.data) if val else 0,
-                         "converted_accuracy": converted}
+                         "converted_accuracy": converted, "weights_sha256": file_sha256(best)}
 
 
 def _stored_finetuning(folder: Path) -> bool:

@@ -79,7 +79,8 @@ def rebuild_converted(cfg: Mapping[str, Any], folder: Path, info: DatasetInfo, f
     """The SNN a convert run made (for export). The conversion is deterministic, so it is done again from the ANN
     file and the normalisation images the run used, once the ANN file is found to be the one converted (its
     SHA-256, recorded in results.json) and the method exportable; a fine-tuned run then takes its trained weights
-    from ``checkpoints/best.pt`` (the epoch validation chose), unless ``finetuned`` is False (the SNN it started from)."""
+    from ``checkpoints/best.pt`` (the epoch validation chose; its SHA-256 recorded too), unless ``finetuned`` is
+    False (the SNN it started from)."""
     results = folder / "results.json"
     if not results.is_file():
         raise SpikeSearchError(f"{folder}: the conversion has not finished (no results.json)")
@@ -97,6 +98,10 @@ def rebuild_converted(cfg: Mapping[str, Any], folder: Path, info: DatasetInfo, f
     weights = folder / "checkpoints" / "best.pt"
     if tune.epochs and not weights.is_file():
         raise SpikeSearchError(f"{folder}: a fine-tuned conversion without its weights ({weights} is missing)")
+    if tune.epochs and file_sha256(weights) != (read_json_object(results).get("finetuned") or {}).get("weights_sha256"):
+        # e.g. a resumed fine-tuning stopped before its results: these are not the weights results.json measured
+        raise SpikeSearchError(f"{folder}: {weights} is not the checkpoint results.json measured (SHA-256 differs); "
+                               "rerun the conversion (--resume) to finish it")
     train = make_loaders(cfg["dataset"], cfg["data"], cfg["batch_size"], torch.device("cpu"), cfg["seed"], None,
                          cfg["eval_size"], eval_batch_size=cfg["batch_size"], frames=cfg["frames"],
                          split_by=cfg["event_split"], val_fraction=held_out(cfg)).train
