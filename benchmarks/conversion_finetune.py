@@ -16,12 +16,9 @@ from pathlib import Path
 T_SHOWN = (1, 2, 4, 8)
 
 
-def _pct(values: list[float]) -> str:
-    return f"{100 * statistics.mean(values):.1f}" + (f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else "")
-
-
-def _gap(values: list[float]) -> str:
-    return f"{100 * statistics.mean(values):+.1f}" + (f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else "")
+def _mean_sd(values: list[float], sign: str = "") -> str:
+    """Percent, mean +- sd over the runs (``sign`` "+" for gaps)."""
+    return f"{100 * statistics.mean(values):{sign}.1f}" + (f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else "")
 
 
 def main() -> None:
@@ -49,8 +46,8 @@ def main() -> None:
               f"{100 * conv[3]:.1f} / {100 * conv[7]:.1f} | " + " / ".join(f"{100 * acc[t - 1]:.1f}" for t in T_SHOWN)
               + f" ({ft['best_epoch']}/{ft['epochs']}) | {100 * gaps4[-1]:+.1f} / {100 * gaps8[-1]:+.1f} |")
         rows.append(acc)
-    print(f"| mean ± sd over {len(rows)} | | {_pct(anns)} | | – / – / {_pct([r[3] for r in rows])} / "
-          f"{_pct([r[7] for r in rows])} | {_gap(gaps4)} / {_gap(gaps8)} |")
+    print(f"| mean ± sd over {len(rows)} | | {_mean_sd(anns)} | | – / – / {_mean_sd([r[3] for r in rows])} / "
+          f"{_mean_sd([r[7] for r in rows])} | {_mean_sd(gaps4, '+')} / {_mean_sd(gaps8, '+')} |")
 
 
 if __name__ == "__main__":

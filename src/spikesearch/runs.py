@@ -336,6 +336,7 @@ def _open_no_follow(path: Path, flags: int) -> int:
 
 _OPEN: list[weakref.ref] = []  # weak: a Run the caller dropped is closed by its __del__
 _OPENED: list[Path] = []  # every run folder this process opened, in order
+_RESUMABLE: dict[Path, bool] = {}  # whether the command that opened it last can continue it (--resume)
 
 
 class Run:
@@ -388,6 +389,7 @@ class Run:
                 raise
         _OPEN.append(weakref.ref(self))
         _OPENED.append(self.path)
+        _RESUMABLE[self.path] = resumable
         if not resume:
             self.started()
 
@@ -618,6 +620,11 @@ def close_all() -> None:
 def opened() -> list[Path]:
     """The run folders this process has opened, oldest first."""
     return list(_OPENED)
+
+
+def resumable(path: Path) -> bool:
+    """Whether the run this process opened at ``path`` can be continued with ``--resume`` (its command's rule)."""
+    return _RESUMABLE.get(path, False)
 
 
 class CsvLog:

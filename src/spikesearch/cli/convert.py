@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..convert.converter import convert, evaluate_snn
-from ..convert.finetune import Unrolled, check_method
+from ..convert.finetune import FinetuneConfig, Unrolled, check_method
 from ..convert.methods import CHOICES, help_text, resolve
 from ..convert.qcfs import init_thresholds
 from ..convert.rebuild import convert_config, file_sha256, finetune_config, held_out, load_vgg
@@ -81,9 +81,8 @@ def cmd_convert(a: argparse.Namespace) -> dict:
     seed_everything(a.seed)
     if a.calib_timesteps is None:  # a calibration is fitted for one latency: the one simulated, unless told
         a.calib_timesteps = a.time  # resolved before config.json records it (export re-converts from there)
-    if a.finetune_timesteps is None:  # likewise a fine-tuning
-        a.finetune_timesteps = a.time
     tune = finetune_config(vars(a))
+    a.finetune_timesteps = tune.timesteps  # likewise a fine-tuning
     tune.validate()
     request = RunRequest.from_args(a, *split_job_dir(a.job_dir), inputs=[a.model], overridable=CONVERT_OVERRIDES,
                                    resumable=tune.epochs > 0)
@@ -239,13 +238,14 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib_images", type=arg.positive_int, default=256, help="calibrate: training images used")
     p.add_argument("--report_images", type=arg.positive_int, default=256,
                    help="test images for the per-layer report (layer_report.json/.png)")
-    p.add_argument("--finetune_epochs", type=arg.nonneg_int, default=0,
+    p.add_argument("--finetune_epochs", type=arg.nonneg_int, default=FinetuneConfig.epochs,
                    help="then train the converted 0/1 SNN's weights through its spikes for this many epochs (hybrid "
                         "conversion; qcfs, percentile, calibrate; needs --one-step): the epoch is chosen on the "
                         "validation split and its weights kept in checkpoints/ (export uses them)")
     p.add_argument("--finetune_timesteps", type=arg.timesteps, default=None, help="the T fine-tuned at (default: --time)")
-    p.add_argument("--finetune_lr", type=arg.positive_float, default=3e-4, help="fine-tuning: Adam's learning rate")
-    p.add_argument("--finetune_batch_size", type=arg.positive_int, default=64, help="fine-tuning: batch size")
+    p.add_argument("--finetune_lr", type=arg.positive_float, default=FinetuneConfig.lr, help="fine-tuning: Adam's learning rate")
+    p.add_argument("--finetune_batch_size", type=arg.positive_int, default=FinetuneConfig.batch_size,
+                   help="fine-tuning: batch size")
     arg.add_validation(p, "fine-tuning only (give the ANN's --seed and --val_fraction: then these are the images "
                           "that chose the ANN's epoch, and the normalisation images are among its training images): ")
     add_model_flags(p)

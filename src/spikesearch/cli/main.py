@@ -151,10 +151,10 @@ def _out_of_memory(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
 
 
-def _interrupted(args: argparse.Namespace, folders: list) -> str:
+def _interrupted(folders: list) -> str:
     if not folders:
         return "interrupted before anything was written"
-    if hasattr(args, "resume") and getattr(args, "finetune_epochs", None) != 0:  # convert resumes only a fine-tuning
+    if run_module.resumable(folders[-1]):
         return f"interrupted; rerun the same command with --resume to continue {folders[-1]}"
     return f"interrupted; {folders[-1]} is incomplete (rerun with --overwrite to replace it)"
 
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spikesearch: error: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt as e:
-        print(f"spikesearch: {_interrupted(args, run_module.opened()[before:])}", file=sys.stderr)
+        print(f"spikesearch: {_interrupted(run_module.opened()[before:])}", file=sys.stderr)
         code = 143 if isinstance(e, Terminated) else 130
     except Exception as e:
         if not _out_of_memory(e):

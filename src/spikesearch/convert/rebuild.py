@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +65,11 @@ def convert_config(flags: Mapping[str, Any]) -> ConvertConfig:
 
 
 def finetune_config(flags: Mapping[str, Any]) -> FinetuneConfig:
-    """The fine-tuning a ``convert`` command line (or config.json) asks for; none in a run from before it existed."""
-    return FinetuneConfig(flags.get("finetune_epochs", 0), flags.get("finetune_timesteps") or flags["time"],
-                          flags.get("finetune_lr", 3e-4), flags.get("finetune_batch_size", 64))
+    """The fine-tuning a ``convert`` command line (or config.json) asks for (``--finetune_<field>``; the timesteps
+    default to ``--time``); none in a run from before it existed."""
+    given = {f.name: flags[f"finetune_{f.name}"] for f in fields(FinetuneConfig)
+             if flags.get(f"finetune_{f.name}") is not None}
+    return FinetuneConfig(**{"timesteps": flags["time"], **given})
 
 
 def held_out(flags: Mapping[str, Any]) -> float:
